@@ -1,0 +1,11 @@
+"""``fobbench train``."""
+
+from __future__ import annotations
+
+from fobbench.cli.app import app
+
+
+@app.command()
+def train() -> None:
+    """(being built)"""
+    raise SystemExit("not built yet")

@@ -1,0 +1,11 @@
+"""The one error type users see.
+
+A :class:`FobbenchError` is bad input or an unmet precondition: the CLI prints its
+message as one line on stderr and exits with code 2, never a traceback.
+"""
+
+
+class FobbenchError(Exception):
+    """A user-facing error: one line, exit code 2."""
+
+    exit_code = 2

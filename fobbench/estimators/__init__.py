@@ -1,0 +1,136 @@
+"""Meta-gradient estimators: one registry, one protocol, batched over tasks.
+
+Every method takes parameters θ (a dict), a functional loss, a batch of tasks (support and
+query data with a leading task axis) and an :class:`EstimatorConfig`, and returns the
+meta-gradient averaged over the tasks::
+
+    from fobbench.estimators import EstimatorConfig, meta_gradient
+    from fobbench.inner import InnerConfig
+    from fobbench.params import classification_loss
+
+    theta = dict(model.named_parameters())
+    config = EstimatorConfig(inner=InnerConfig(steps=5, lr=0.1, lam=2.0), nu=0.1)
+    result = meta_gradient("fobmaml-sym", theta, classification_loss(model),
+                           support=(xs, ys), query=(xq, yq), config=config)
+    result.grad        # {name: tensor}, same shapes as θ
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from fobbench.errors import FobbenchError
+from fobbench.estimators import esmaml, exact, fobmaml, fomaml, imaml, maml, reptile  # noqa: F401
+from fobbench.estimators.base import REGISTRY, Estimator, EstimatorConfig, get, parse_methods, register
+from fobbench.params import Data, LossFn, Params, detached
+
+BATCHING = ("vmap", "loop")
+
+__all__ = [
+    "BATCHING", "REGISTRY", "Estimator", "EstimatorConfig", "MetaGradient", "get",
+    "meta_gradient", "parse_methods", "per_task", "register",
+]
+
+
+@dataclass(frozen=True)
+class MetaGradient:
+    """An estimate and how it was obtained.
+
+    Attributes:
+        grad: the meta-gradient averaged over tasks, shaped like θ.
+        tasks: number of tasks averaged.
+        seconds: wall time of the estimate (s).
+        batching: ``vmap`` or ``loop``.
+    """
+
+    grad: Params
+    tasks: int
+    seconds: float
+    batching: str
+
+
+def _task_count(support: Data) -> int:
+    return int(support[0].shape[0])
+
+
+def _noise(estimator: Estimator, theta: Params, tasks: int, config: EstimatorConfig,
+           generator: torch.Generator | None) -> Params | None:
+    if not estimator.needs_noise:
+        return None
+    return {
+        n: torch.randn((tasks, config.es_samples, *p.shape), generator=generator, dtype=p.dtype).to(p.device)
+        for n, p in theta.items()
+    }
+
+
+def per_task(method: str, theta: Params, loss: LossFn, support: Data, query: Data,
+             config: EstimatorConfig, batching: str = "vmap", chunk_size: int | None = None,
+             generator: torch.Generator | None = None) -> Params:
+    """Each task's meta-gradient, stacked on a leading task axis.
+
+    Args:
+        method: registry name.
+        theta: meta-parameters (detached internally).
+        loss: functional loss ``loss(params, data)``.
+        support, query: task data with a leading task axis.
+        config: estimator settings.
+        batching: ``vmap`` (default; all tasks in one batched call, ``chunk_size`` at a time)
+            or ``loop`` (one task at a time: lowest memory).
+        chunk_size: tasks per vmap chunk (None: all at once).
+        generator: seeds ES-MAML's Gaussian directions.
+    """
+    estimator = get(method)
+    if batching not in BATCHING:
+        raise FobbenchError(f"unknown batching '{batching}' (choose from {', '.join(BATCHING)})")
+    if chunk_size is not None and chunk_size < 1:
+        raise FobbenchError(f"chunk size must be >= 1 (got {chunk_size})")
+    theta = detached(theta)
+    tasks = _task_count(support)
+    noise = _noise(estimator, theta, tasks, config, generator)
+    if batching == "vmap" and estimator.vmappable:
+
+        def one(th: Params, s: Data, q: Data, z: Params | None) -> Params:
+            return estimator.fn(th, loss, s, q, config, z)
+
+        in_dims = (None, 0, 0, 0 if noise is not None else None)
+        return torch.func.vmap(one, in_dims=in_dims, chunk_size=chunk_size)(theta, support, query, noise)
+    grads = []
+    for i in range(tasks):
+        task_noise = None if noise is None else {n: z[i] for n, z in noise.items()}
+        grads.append(
+            estimator.fn(theta, loss, tuple(d[i] for d in support), tuple(d[i] for d in query),
+                         config, task_noise)
+        )
+    return {n: torch.stack([g[n] for g in grads]) for n in theta}
+
+
+def meta_gradient(method: str, theta: Params, loss: LossFn, support: Data, query: Data,
+                  config: EstimatorConfig, batching: str = "vmap", chunk_size: int | None = None,
+                  generator: torch.Generator | None = None) -> MetaGradient:
+    """The meta-gradient of ``method`` averaged over a batch of tasks (see :func:`per_task`).
+
+    In ``loop`` mode the per-task estimates are accumulated one task at a time, so only one
+    task's working set is alive at once (the paper's memory protocol).
+    """
+    start = time.perf_counter()
+    tasks = _task_count(support)
+    if batching == "loop":
+        estimator = get(method)
+        theta_d = detached(theta)
+        noise = _noise(estimator, theta_d, tasks, config, generator)
+        total: Params | None = None
+        for i in range(tasks):
+            task_noise = None if noise is None else {n: z[i] for n, z in noise.items()}
+            g = estimator.fn(theta_d, loss, tuple(d[i] for d in support), tuple(d[i] for d in query),
+                             config, task_noise)
+            total = g if total is None else {n: total[n] + g[n] for n in g}
+            del g
+        assert total is not None
+        grad = {n: v / tasks for n, v in total.items()}
+    else:
+        stacked = per_task(method, theta, loss, support, query, config, batching, chunk_size, generator)
+        grad = {n: v.mean(dim=0) for n, v in stacked.items()}
+    return MetaGradient(grad=grad, tasks=tasks, seconds=time.perf_counter() - start, batching=batching)

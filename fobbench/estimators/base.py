@@ -1,0 +1,105 @@
+"""The estimator protocol, its settings and the one registry of methods."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from fobbench.errors import FobbenchError
+from fobbench.inner import InnerConfig
+from fobbench.params import Data, LossFn, Params
+
+
+@dataclass(frozen=True)
+class EstimatorConfig:
+    """Settings shared by every estimator.
+
+    Attributes:
+        inner: the inner solver (K, α, λ, optimizer) used by every method alike.
+        nu: ν, the FO-B-MAML perturbation (default 0.1, the paper's value); ν ≠ 0.
+        cg_steps: conjugate-gradient steps of iMAML (default 5; the paper also uses 2).
+        es_samples: antithetic Gaussian directions of ES-MAML (default 16).
+        es_sigma: smoothing radius σ of ES-MAML (default 0.01).
+        exact_newton_steps: Newton iterations of ``exact`` on a dense Hessian (default 30).
+    """
+
+    inner: InnerConfig = field(default_factory=InnerConfig)
+    nu: float = 0.1
+    cg_steps: int = 5
+    es_samples: int = 16
+    es_sigma: float = 0.01
+    exact_newton_steps: int = 30
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.nu) or self.nu == 0:
+            raise FobbenchError(f"nu must be a non-zero finite number (got {self.nu})")
+        if not isinstance(self.cg_steps, int) or self.cg_steps < 1:
+            raise FobbenchError(f"cg-steps must be an integer >= 1 (got {self.cg_steps})")
+        if not isinstance(self.es_samples, int) or self.es_samples < 1:
+            raise FobbenchError(f"es-samples must be an integer >= 1 (got {self.es_samples})")
+        if not (self.es_sigma > 0 and math.isfinite(self.es_sigma)):
+            raise FobbenchError(f"es-sigma must be > 0 (got {self.es_sigma})")
+
+
+PerTaskFn = Callable[[Params, LossFn, Data, Data, EstimatorConfig, "Params | None"], Params]
+"""``fn(θ, loss, support, query, config, noise) -> meta-gradient of one task``."""
+
+
+@dataclass(frozen=True)
+class Estimator:
+    """A meta-gradient method.
+
+    Attributes:
+        name: registry key (``maml``, ``fobmaml-sym``, ...).
+        fn: the per-task estimate; pure, so it can be vmapped over tasks.
+        summary: one line for help texts and tables.
+        order: ``second`` (differentiates through the solver or uses Hessian products),
+            ``first`` (gradients only), ``zeroth`` (function values only) or ``exact``.
+        vmappable: False when the method has data-dependent control flow.
+        needs_noise: True for ES-MAML: Gaussian directions are drawn outside the per-task
+            function from a seeded generator, so vmap and loop see the same ones.
+    """
+
+    name: str
+    fn: PerTaskFn
+    summary: str
+    order: str
+    vmappable: bool = True
+    needs_noise: bool = False
+
+
+REGISTRY: dict[str, Estimator] = {}
+
+
+def register(name: str, summary: str, order: str, vmappable: bool = True,
+             needs_noise: bool = False) -> Callable[[PerTaskFn], PerTaskFn]:
+    """Decorator adding a per-task function to the registry under ``name``."""
+
+    def wrap(fn: PerTaskFn) -> PerTaskFn:
+        REGISTRY[name] = Estimator(name, fn, summary, order, vmappable, needs_noise)
+        return fn
+
+    return wrap
+
+
+def get(name: str) -> Estimator:
+    """The estimator registered as ``name``; a one-line FobbenchError otherwise."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise FobbenchError(
+            f"unknown method '{name}' (choose from {', '.join(REGISTRY)})"
+        ) from None
+
+
+def parse_methods(text: str, option: str = "--methods", allow_exact: bool = True) -> list[str]:
+    """Split a comma-separated method list and check every name against the registry."""
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names:
+        raise FobbenchError(f"{option}: no method given")
+    for name in names:
+        if name not in REGISTRY or (name == "exact" and not allow_exact):
+            choices = [n for n in REGISTRY if allow_exact or n != "exact"]
+            raise FobbenchError(f"{option}: unknown method '{name}' (choose from {', '.join(choices)})")
+    return names

@@ -1,0 +1,17 @@
+"""FO-MAML: the query gradient at the adapted parameters, eq. (3)."""
+
+from __future__ import annotations
+
+import torch
+
+from fobbench.estimators.base import EstimatorConfig, register
+from fobbench.inner import solve
+from fobbench.params import Data, LossFn, Params
+
+
+@register("fomaml", "∇f(φ_K), eq. (3)", order="first")
+def fomaml(theta: Params, loss: LossFn, support: Data, query: Data, config: EstimatorConfig,
+           noise: Params | None = None) -> Params:
+    """∇f(φ_K): ignores the Jacobian of the inner solver."""
+    phi = solve(theta, loss, support, query, 0.0, config.inner)
+    return torch.func.grad(loss)(phi, query)

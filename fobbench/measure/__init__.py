@@ -1,0 +1,1 @@
+"""Measurement: peak memory (CUDA, CPU allocator accounting, estimates), timing, environment."""

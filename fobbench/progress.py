@@ -1,0 +1,38 @@
+"""Rich progress bars that stay out of CI logs.
+
+A bar is shown only when stderr is a terminal and ``quiet`` is False; otherwise the
+returned object accepts the same calls and draws nothing.
+"""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+console = Console(stderr=True)
+"""Console for progress and status lines (stderr, so stdout stays parseable)."""
+
+out = Console()
+"""Console for tables and results (stdout)."""
+
+
+def progress(quiet: bool = False) -> Progress:
+    """A rich Progress with points done/total and ETA; silent when quiet or not a TTY."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=quiet or not console.is_terminal,
+        transient=False,
+    )
