@@ -1,0 +1,1 @@
+"""One module per benchmark: expands points, runs estimators and measurements, yields result rows."""

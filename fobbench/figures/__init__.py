@@ -1,0 +1,1 @@
+"""Figures for each benchmark, drawn from results DataFrames with matplotlib."""

@@ -1,0 +1,1 @@
+"""Task distributions: the synthetic quadratic (closed form), MNIST-1D and Omniglot."""
