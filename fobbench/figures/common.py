@@ -1,0 +1,69 @@
+"""Shared pieces of every figure: aggregation over repeats and honest line grouping.
+
+Contract for each ``fobbench/figures/<benchmark-prefix>.py`` module::
+
+    def draw(frame: pandas.DataFrame, out_dir: Path, fmt: str = "png") -> list[Path]
+
+``frame`` holds the rows of one benchmark prefix (``gradcheck``, ``train``, ``memory``) from any
+number of runs; ``draw`` writes its figures and returns their paths. Lines are split by
+:data:`SERIES_KEYS` so values measured differently (``measured_by``) or on another device are
+never merged; repeats of the same point (seeds, runs) are aggregated with :func:`aggregate`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from scipy import stats  # noqa: E402
+
+SERIES_KEYS = ("method", "measured_by", "device_name")
+"""Columns that separate lines: one line never mixes methods, measurement kinds or devices."""
+
+
+def aggregate(frame: pd.DataFrame, by: Sequence[str], value: str = "value") -> pd.DataFrame:
+    """Mean, 95% t-interval and count of ``value`` for each group of ``by``.
+
+    Returns columns ``*by, mean, lo, hi, n``; a group of one sample has ``lo == hi == mean``.
+    """
+    keys = [k for k in by if k in frame.columns]
+
+    def summary(values: pd.Series) -> pd.Series:
+        data = values.to_numpy(dtype=float)
+        data = data[np.isfinite(data)]
+        n = len(data)
+        mean = float(data.mean()) if n else float("nan")
+        half = float(stats.t.ppf(0.975, n - 1) * data.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
+        return pd.Series({"mean": mean, "lo": mean - half, "hi": mean + half, "n": n})
+
+    grouped = frame.groupby(keys, dropna=False)[value].apply(summary).unstack()
+    return grouped.reset_index()
+
+
+def series(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """Split rows into lines by :data:`SERIES_KEYS`; the label names what differs."""
+    keys = [k for k in SERIES_KEYS if k in frame.columns]
+    varying = [k for k in keys if k == "method" or frame[k].nunique(dropna=False) > 1]
+    out = []
+    for values, group in frame.groupby(keys, dropna=False, sort=True):
+        values = values if isinstance(values, tuple) else (values,)
+        named = dict(zip(keys, values))
+        label = " · ".join(str(named[k]) for k in varying) or "all"
+        out.append((label, group))
+    return out
+
+
+def save(fig: plt.Figure, out_dir: Path, name: str, fmt: str = "png") -> Path:
+    """Write ``fig`` as ``out_dir/name.fmt`` (png, svg or pdf), close it, return the path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.{fmt}"
+    fig.tight_layout()
+    fig.savefig(path, dpi=120 if fmt == "png" else None)
+    plt.close(fig)
+    return path
