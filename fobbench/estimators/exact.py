@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from fobbench.errors import FobbenchError
 from fobbench.estimators.base import EstimatorConfig, register
 from fobbench.params import Data, LossFn, Params, flatten, unflatten
 
@@ -35,6 +36,11 @@ def exact(theta: Params, loss: LossFn, support: Data, query: Data, config: Estim
             break
         hessian = torch.func.hessian(train)(phi) + lam * eye
         phi = phi - torch.linalg.solve(hessian, gradient)
+    else:
+        raise FobbenchError(
+            f"exact: Newton did not converge in {config.exact_newton_steps} steps "
+            "(is λ large enough for the inner problem to be strongly convex?)"
+        )
     hessian = torch.func.hessian(train)(phi)
     rhs = torch.func.grad(test)(phi)
     meta_grad = torch.linalg.solve(eye + hessian / lam, rhs)

@@ -1,0 +1,180 @@
+"""Figures of the ``gradcheck.*`` benchmarks (paper Fig. 1, 4, 5 and the rate fits).
+
+``draw(frame, out_dir, fmt)`` writes one figure per sub-experiment present in ``frame``:
+
+- ``gradcheck_error_vs_k``  normalized error vs K, log-log, one line per estimator (iMAML per
+  CG step count), mean over seeds/runs with a 95% band;
+- ``gradcheck_outer_loss``  F(θ_t) − F* vs outer iteration (log y) and F(θ_t) with F* dashed;
+- ``gradcheck_error_vs_nu`` error vs ν, one panel per FO-B-MAML variant, one line per K;
+- ``gradcheck_lambda``      adaptation distance (left axis) and cond(A + λI) (right axis) vs λ;
+- ``gradcheck_rates``       the points behind each rate fit with the fitted slope ± 95% CI.
+
+Lines never merge methods, measurement kinds or devices (:func:`fobbench.figures.common.series`),
+nor different values of ``nu``/``lam``/``cg_steps`` within one figure.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from fobbench.figures.common import aggregate, save, series
+
+SPLIT = ("cg_steps", "nu", "lam")
+"""Point columns that also separate lines when they vary within a method."""
+
+
+def _blank(value: object) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _lines(frame: pd.DataFrame, split: Sequence[str] = SPLIT) -> Iterator[tuple[str, pd.DataFrame]]:
+    """Series by method/measured_by/device, further split by the ``split`` columns that vary."""
+    for label, group in series(frame):
+        keys = [k for k in split if k in group.columns and group[k].nunique(dropna=True) > 1]
+        always = ["cg_steps"] if "cg_steps" in group.columns and group["cg_steps"].notna().any() else []
+        keys = list(dict.fromkeys(always + keys))
+        if not keys:
+            yield label, group
+            continue
+        for values, sub in group.groupby(keys, dropna=False, sort=True):
+            values = values if isinstance(values, tuple) else (values,)
+            extra = []
+            for key, value in zip(keys, values):
+                if _blank(value):
+                    continue
+                symbol = {"cg_steps": "cg ", "lam": "λ=", "nu": "ν="}[key]
+                extra.append(f"{symbol}{int(value) if key == 'cg_steps' else format(value, 'g')}")
+            yield (f"{label} ({', '.join(extra)})" if extra else label), sub
+
+
+def _band(ax: plt.Axes, stats_frame: pd.DataFrame, x: str, label: str, **style: object) -> None:
+    stats_frame = stats_frame.sort_values(x)
+    line, = ax.plot(stats_frame[x], stats_frame["mean"], marker="o", markersize=3, label=label, **style)
+    if (stats_frame["n"] > 1).any():
+        ax.fill_between(stats_frame[x], stats_frame["lo"].clip(lower=1e-300), stats_frame["hi"],
+                        color=line.get_color(), alpha=0.2)
+
+
+def _rows(frame: pd.DataFrame, benchmark: str, metric: str) -> pd.DataFrame:
+    return frame[(frame["benchmark"] == benchmark) & (frame["metric"] == metric)]
+
+
+def _error_vs_k(frame: pd.DataFrame, out_dir: Path, fmt: str) -> Path | None:
+    rows = _rows(frame, "gradcheck.error_vs_k", "rel_error")
+    if rows.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for label, group in _lines(rows):
+        _band(ax, aggregate(group, ["k"]), "k", label)
+    ax.set(xscale="log", yscale="log", xlabel="inner steps K", ylabel="‖g − ∇F‖ / ‖∇F‖",
+           title="Meta-gradient error vs inner steps (quadratic)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    return save(fig, out_dir, "gradcheck_error_vs_k", fmt)
+
+
+def _outer_loss(frame: pd.DataFrame, out_dir: Path, fmt: str) -> Path | None:
+    rows = frame[frame["benchmark"] == "gradcheck.outer_loss"]
+    if rows.empty:
+        return None
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.4, 7.0), sharex=True)
+    for label, group in _lines(rows[rows["metric"] == "suboptimality"]):
+        positive = group.assign(value=group["value"].clip(lower=1e-16))
+        _band(top, aggregate(positive, ["iteration"]), "iteration", label)
+    for label, group in _lines(rows[rows["metric"] == "outer_loss"]):
+        _band(bottom, aggregate(group, ["iteration"]), "iteration", label)
+    if "f_star" in rows.columns and rows["f_star"].notna().any():
+        for f_star in sorted(set(np.round(rows["f_star"].dropna().astype(float), 12))):
+            bottom.axhline(f_star, color="black", linestyle="--", linewidth=1)
+        bottom.plot([], [], color="black", linestyle="--", label="F* (closed form)")
+    top.set(yscale="log", ylabel="F(θ_t) − F*", title="Meta-training on the quadratic")
+    bottom.set(xlabel="outer iteration", ylabel="F(θ_t)")
+    for ax in (top, bottom):
+        ax.grid(True, which="both", alpha=0.3)
+    top.legend(fontsize=7, ncol=2)
+    bottom.legend(fontsize=7, ncol=2)
+    return save(fig, out_dir, "gradcheck_outer_loss", fmt)
+
+
+def _error_vs_nu(frame: pd.DataFrame, out_dir: Path, fmt: str) -> Path | None:
+    rows = _rows(frame, "gradcheck.error_vs_nu", "rel_error")
+    if rows.empty:
+        return None
+    methods = sorted(rows["method"].unique())
+    fig, axes = plt.subplots(1, len(methods), figsize=(5.2 * len(methods), 4.2), squeeze=False)
+    for ax, method in zip(axes[0], methods):
+        subset = rows[rows["method"] == method]
+        for k, group in subset.groupby("k", sort=True):
+            for label, line in _lines(group, split=("lam",)):
+                _band(ax, aggregate(line, ["nu"]), "nu", f"K={int(k)}" + label.removeprefix(method))
+        ax.set(xscale="log", yscale="log", xlabel="perturbation ν", ylabel="‖g − ∇F‖ / ‖∇F‖",
+               title=method)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    return save(fig, out_dir, "gradcheck_error_vs_nu", fmt)
+
+
+def _lambda(frame: pd.DataFrame, out_dir: Path, fmt: str) -> Path | None:
+    rows = frame[frame["benchmark"] == "gradcheck.lambda"]
+    if rows.empty:
+        return None
+    fig, left = plt.subplots(figsize=(6.4, 4.2))
+    right = left.twinx()
+    for label, group in series(rows[rows["metric"] == "adaptation_distance"]):
+        _band(left, aggregate(group, ["lam"]), "lam", f"‖φ* − θ‖ · {label}", color="tab:blue")
+    for label, group in series(rows[rows["metric"] == "condition_number"]):
+        _band(right, aggregate(group, ["lam"]), "lam", f"cond(A + λI) · {label}", color="tab:red",
+              linestyle="--")
+    left.set(xscale="log", xlabel="λ", ylabel="adaptation distance ‖φ* − θ‖",
+             title="Effect of λ on adaptation and conditioning")
+    right.set_ylabel("condition number of A + λI")
+    handles = left.get_legend_handles_labels()
+    more = right.get_legend_handles_labels()
+    left.legend(handles[0] + more[0], handles[1] + more[1], fontsize=7, loc="upper center")
+    left.grid(True, which="both", alpha=0.3)
+    return save(fig, out_dir, "gradcheck_lambda", fmt)
+
+
+def _rates(frame: pd.DataFrame, out_dir: Path, fmt: str) -> Path | None:
+    rows = frame[frame["benchmark"] == "gradcheck.rates"]
+    if rows.empty or "x" not in rows.columns:
+        return None
+    points = rows[(rows["metric"] == "rel_error") & rows["x"].notna()]
+    if points.empty:
+        return None
+    fits = rows[rows["metric"].isin(["slope", "slope_lo", "slope_hi", "theory_slope"])]
+    panels = sorted({(f, s) for f, s in zip(points["fit"], points["solver"])})
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 4.2), squeeze=False)
+    for ax, (fit, solver) in zip(axes[0], panels):
+        panel = points[(points["fit"] == fit) & (points["solver"] == solver)]
+        for label, group in series(panel):
+            method = group["method"].iloc[0]
+            chosen = fits[(fits["fit"] == fit) & (fits["solver"] == solver) & (fits["method"] == method)]
+            values = chosen.groupby("metric")["value"].mean()
+            if {"slope", "slope_lo", "slope_hi", "theory_slope"} <= set(values.index):
+                label = (f"{label}: slope {values['slope']:.2f} [{values['slope_lo']:.2f}, "
+                         f"{values['slope_hi']:.2f}], theory {values['theory_slope']:.2f}")
+            _band(ax, aggregate(group, ["x"]), "x", label)
+        xlabel = "perturbation ν" if fit == "nu" else "inner precision δ"
+        ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel="‖g − ∇F‖ / ‖∇F‖",
+               title=f"error vs {'ν' if fit == 'nu' else 'δ (best ν)'} · {solver}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=6)
+    return save(fig, out_dir, "gradcheck_rates", fmt)
+
+
+def draw(frame: pd.DataFrame, out_dir: Path, fmt: str = "png") -> list[Path]:
+    """Write every gradcheck figure the rows of ``frame`` allow; return their paths."""
+    out_dir = Path(out_dir)
+    paths = []
+    for figure in (_error_vs_k, _outer_loss, _error_vs_nu, _lambda, _rates):
+        path = figure(frame, out_dir, fmt)
+        if path is not None:
+            paths.append(path)
+    return paths
