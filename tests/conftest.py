@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
+import os
+
+# Spinning OpenMP threads make an oversubscribed 2-core machine several times slower.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
