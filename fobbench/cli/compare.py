@@ -1,11 +1,134 @@
-"""``fobbench compare``."""
+"""``fobbench compare BASE NEW``: the regression gate.
+
+Only argument parsing and printing live here; the decisions are made by the pure
+:func:`fobbench.results.compare.run`.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
 from fobbench.cli.app import app
+from fobbench.errors import FobbenchError
+from fobbench.progress import console, out
+from fobbench.results import compare as comparison
+from fobbench.results import read_results
+
+_STYLES = {
+    comparison.WORSE: "bold red",
+    comparison.CHANGED: "bold yellow",
+    comparison.BETTER: "green",
+    comparison.NOT_COMPARABLE: "magenta",
+    comparison.MISSING: "dim",
+    comparison.NEW: "cyan",
+}
+_KINDS = {
+    "all": (comparison.DETERMINISTIC, comparison.NOISY),
+    "deterministic": (comparison.DETERMINISTIC,),
+    "noisy": (comparison.NOISY,),
+}
 
 
-@app.command()
-def compare() -> None:
-    """(being built)"""
-    raise SystemExit("not built yet")
+def table_console() -> Console:
+    """The stdout console for wide tables: the terminal's width, or 160 columns in logs.
+
+    Without a terminal rich assumes 80 columns, which folds every cell of a compare report
+    in CI logs.
+    """
+    return out if out.is_terminal else Console(width=160, highlight=False)
+
+
+def _table(report, only_changed: bool) -> Table:
+    table = Table(title="fobbench compare", title_justify="left")
+    for name, justify in (("benchmark", "left"), ("method", "left"), ("point", "left"),
+                          ("metric", "left"), ("base", "right"), ("new", "right"),
+                          ("ratio", "right"), ("verdict", "left")):
+        table.add_column(name, justify=justify, overflow="fold")
+    for row in report.itertuples(index=False):
+        if only_changed and row.verdict == comparison.SAME:
+            continue
+        style = _STYLES.get(row.verdict, "")
+        verdict = f"[{style}]{row.verdict}[/]" if style else row.verdict
+        table.add_row(
+            row.benchmark, row.method, row.point, row.metric,
+            comparison.format_value(row.base, row.unit), comparison.format_value(row.new, row.unit),
+            comparison.format_ratio(row.ratio), verdict,
+        )
+    return table
+
+
+@app.command(
+    epilog=(
+        "Example: fobbench compare results/baseline /tmp/ci_run --markdown summary.md\n\n"
+        "Exit status: 0 nothing got worse, 1 something got worse, 2 bad input."
+    )
+)
+def compare(
+    base: Annotated[Path, typer.Argument(help="Reference results: a CSV file or a folder of them.")],
+    new: Annotated[Path, typer.Argument(help="Results to judge: a CSV file or a folder of them.")],
+    factor: Annotated[float, typer.Option(
+        "--factor", help="A noisy metric (time, accuracy across seeds) counts as changed only when "
+        "significant AND its ratio is beyond this factor.")] = 1.10,
+    rtol: Annotated[float, typer.Option(
+        "--rtol", help="Relative tolerance of deterministic metrics (tracked bytes, errors at a fixed "
+        "seed): any larger change counts.")] = 1e-6,
+    atol: Annotated[float, typer.Option(
+        "--atol", help="Absolute tolerance of deterministic metrics (their unit): differences at "
+        "floating-point roundoff level are not changes.")] = 1e-12,
+    alpha: Annotated[float, typer.Option("--alpha", help="Significance level of the Mann-Whitney U test.")]
+    = 0.05,
+    kind: Annotated[str, typer.Option(
+        "--kind", help="Compare only deterministic or only noisy metrics: all|deterministic|noisy.")] = "all",
+    markdown: Annotated[Path | None, typer.Option(
+        "--markdown", help="Also write the report as Markdown to FILE (CI job summaries).")] = None,
+    csv: Annotated[Path | None, typer.Option(
+        "--csv", help="Also write the report as CSV to FILE (a compare report, not a results file).")] = None,
+    only_changed: Annotated[bool, typer.Option(
+        "--only-changed", help="Leave 'same' rows out of the printed table (files keep them).")] = False,
+) -> None:
+    """Compare results NEW against BASE point by point; exit 1 when anything got worse.
+
+    Points are matched by benchmark, method, point parameters, metric, measured_by, device
+    and config hash. Points whose settings differ (another config hash) are reported as
+    'not comparable'. Deterministic metrics must agree to --rtol; noisy ones must change
+    significantly (Mann-Whitney U or separate 95% intervals) AND beyond --factor, and need at
+    least two samples per side ('insufficient samples' counts as same).
+    """
+    if kind not in _KINDS:
+        raise FobbenchError(f"--kind: '{kind}' is not one of {', '.join(_KINDS)}")
+    for option, path in (("--markdown", markdown), ("--csv", csv)):
+        if path is not None and path.is_dir():
+            raise FobbenchError(f"{option}: {path} is a folder; give a file name")
+    base_frame = read_results(base)
+    new_frame = read_results(new)
+    report = comparison.run(base_frame, new_frame, factor=factor, rtol=rtol, atol=atol, alpha=alpha,
+                            kinds=_KINDS[kind])
+    if not (only_changed and (report["verdict"] == comparison.SAME).all()):
+        table_console().print(_table(report, only_changed))
+    line = comparison.summary(report)
+    if markdown is not None:
+        markdown.parent.mkdir(parents=True, exist_ok=True)
+        markdown.write_text(comparison.to_markdown(report, title=f"fobbench compare {base} {new}"))
+    if csv is not None:
+        csv.parent.mkdir(parents=True, exist_ok=True)
+        report.to_csv(csv, index=False)
+    failed = comparison.failed(report)
+    worst = report[report["verdict"].isin(comparison.FAILING)]
+    if failed:
+        names = ", ".join(
+            f"{r.benchmark} {r.method} {r.point} {r.metric}".replace("  ", " ")
+            for r in worst.head(3).itertuples(index=False)
+        )
+        more = f" and {len(worst) - 3} more" if len(worst) > 3 else ""
+        out.print(f"[bold red]REGRESSION[/]: {line}; worse: {escape(names)}{more}", soft_wrap=True)
+    else:
+        out.print(f"OK: {line}", soft_wrap=True)
+    if markdown is not None or csv is not None:
+        console.print(" ".join(f"wrote {p}" for p in (markdown, csv) if p is not None), soft_wrap=True)
+    raise typer.Exit(1 if failed else 0)

@@ -1,11 +1,149 @@
-"""``fobbench run``."""
+"""``fobbench run SUITE``: run a suite's points in order, in-process, with one progress display."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import shlex
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import typer.main
+from rich.markup import escape
+from rich.table import Table
+
+from fobbench import suites
 from fobbench.cli.app import app
+from fobbench.cli.compare import table_console
+from fobbench.errors import FobbenchError
+from fobbench.measure.environment import git_state
+from fobbench.progress import console, out, progress
 
 
-@app.command()
-def run() -> None:
-    """(being built)"""
-    raise SystemExit("not built yet")
+def default_out(suite_path: Path) -> Path:
+    """``results/suites/<suite>-<UTC stamp>-<commit>/``: a fresh folder per invocation."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    commit = git_state()[0][:7] or "nogit"
+    return Path("results") / "suites" / f"{suite_path.stem}-{stamp}-{commit}"
+
+
+def invoke(root, args: list[str]) -> tuple[int, str]:
+    """Run ``fobbench <args>`` in this process: (exit code, one-line error or '')."""
+    try:
+        result = root.main(args=args, prog_name="fobbench", standalone_mode=False)
+        return (result if isinstance(result, int) else 0), ""
+    except FobbenchError as error:
+        return error.exit_code, str(error).strip().splitlines()[0] if str(error).strip() else "failed"
+    except SystemExit as error:
+        code = error.code if isinstance(error.code, int) else (0 if error.code is None else 1)
+        return code, "" if code == 0 else f"exited with {error.code}"
+    except KeyboardInterrupt:
+        raise
+    except Exception as error:  # noqa: BLE001  (a crashing point is reported; the suite goes on)
+        if hasattr(error, "format_message"):
+            return int(getattr(error, "exit_code", 2) or 2), error.format_message()
+        return 1, f"{type(error).__name__}: {error} (traceback in the point's .log)\n{traceback.format_exc()}"
+
+
+@app.command(
+    epilog=(
+        "Example: fobbench run suites/ci.toml --out /tmp/ci_run\n\n"
+        "Cluster array job: fobbench run suites/paper.toml --out runs/paper --shard $((SLURM_ARRAY_TASK_ID+1))/8"
+    )
+)
+def run(
+    suite_file: Annotated[Path, typer.Argument(metavar="SUITE", help="A suite file such as suites/ci.toml.")],
+    out_dir: Annotated[Path | None, typer.Option(
+        "--out", help="Folder for the suite's results: <out>/<run name>/<point>.csv "
+        "(default: results/suites/<suite>-<UTC time>-<commit>/).")] = None,
+    shard: Annotated[str | None, typer.Option(
+        "--shard", help="Run only slice I of N (I/N, 1-based): the points with index % N == I-1.")] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", "--list", help="Print the expanded points and their command lines; run nothing.")] = False,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue a suite in an existing --out folder: points with results are resumed "
+        "(finished rows skipped) instead of refused.")] = False,
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="Show each point's own output instead of saving it to <point>.log.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display and no per-point lines.")]
+    = False,
+) -> None:
+    """Run every point of a suite file in order, writing each point's CSV under --out.
+
+    A suite is a TOML file whose run tables each name a command, its options and optionally
+    a sweep over one option (one invocation per value); see suites/ci.toml. The whole suite is checked against
+    the commands' options before anything runs; errors name the file, line and key.
+    """
+    suite = suites.load(suite_file)
+    points = suites.expand(suite)
+    selected = points
+    if shard is not None:
+        selected = suites.shard(points, *suites.parse_shard(shard))
+    root_dir = out_dir if out_dir is not None else default_out(suite_file)
+    root = typer.main.get_command(app)
+    args_of = suites.validate(suite, root, selected, root_dir)
+    shard_text = f", shard {shard}: {len(selected)}" if shard is not None else ""
+    if dry_run:
+        out.print(f"suite {suite_file}: {len(points)} points{shard_text}; out {root_dir}", soft_wrap=True)
+        for point in selected:
+            out.print(suites.describe(point, args_of[point.index]), soft_wrap=True, markup=False,
+                      highlight=False)
+        raise typer.Exit(0)
+
+    outputs = {p.index: suites.output(suite, root, p, root_dir) for p in selected}
+    existing = [path for path in outputs.values() if path.exists()]
+    if existing and not resume:
+        raise FobbenchError(
+            f"{existing[0]} already exists: pass --resume to continue the suite in {root_dir}, "
+            "or choose another --out"
+        )
+    records = []
+    started = time.perf_counter()
+    with progress(quiet) as bar:
+        task = bar.add_task(f"suite {suite_file.stem}", total=len(selected))
+        for number, point in enumerate(selected, start=1):
+            output = outputs[point.index]
+            output.parent.mkdir(parents=True, exist_ok=True)
+            args = suites.argv(suite, root, point, output, resume=resume and output.exists())
+            bar.update(task, description=f"{point.run} {point.label}")
+            begin = time.perf_counter()
+            if verbose:
+                code, message = invoke(root, args)
+                captured = ""
+            else:
+                buffer = io.StringIO()
+                with contextlib.redirect_stdout(buffer):
+                    code, message = invoke(root, args)
+                captured = buffer.getvalue()
+            seconds = time.perf_counter() - begin
+            log = output.parent / f"{point.label}.log"
+            log.write_text(
+                f"$ fobbench {shlex.join(args)}\n{captured}{message}\nexit {code} after {seconds:.1f} s\n"
+            )
+            status = "ok" if code == 0 else f"failed ({code}): {message.splitlines()[0] if message else ''}"
+            records.append((point, status, seconds, output))
+            if not quiet:
+                console.print(
+                    f"[{number}/{len(selected)}] {point.run} {point.label}: {status} in {seconds:.1f} s",
+                    soft_wrap=True, markup=False, highlight=False,
+                )
+            bar.advance(task)
+    total = time.perf_counter() - started
+    table = Table(title=f"fobbench run {suite_file}{shard_text}", title_justify="left")
+    for name in ("#", "run", "point", "status", "seconds", "results"):
+        table.add_column(name, overflow="fold", justify="right" if name in ("#", "seconds") else "left")
+    for point, status, seconds, output in records:
+        style = "" if status == "ok" else "bold red"
+        shown = f"[{style}]{escape(status)}[/]" if style else escape(status)
+        table.add_row(str(point.index), point.run, point.label, shown, f"{seconds:.1f}", escape(str(output)))
+    table_console().print(table)
+    failed = sum(1 for _, status, _, _ in records if status != "ok")
+    out.print(
+        f"{len(records)} points, {len(records) - failed} ok, {failed} failed in {total:.1f} s; "
+        f"results in {root_dir}", soft_wrap=True,
+    )
+    raise typer.Exit(1 if failed else 0)

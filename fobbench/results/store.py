@@ -51,7 +51,7 @@ def _format(value: object) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, float):
-        return repr(value)
+        return repr(float(value))
     return str(value)
 
 
