@@ -69,7 +69,20 @@ def proximal_objective(
     return value
 
 
-_objective_grad = torch.func.grad(proximal_objective)
+def _objective_grad(
+    phi: Params, theta: Params, loss: LossFn, support: Data, query: Data, v: float, lam: float
+) -> Params:
+    """∇_φ of :func:`proximal_objective`.
+
+    The two data terms are differentiated one after the other, so only one data set's
+    activations are alive at a time: a perturbed solve (FO-B-MAML) then peaks like an
+    unperturbed one (FO-MAML) instead of holding support and query activations together.
+    """
+    grad = torch.func.grad(loss)(phi, support)
+    if v != 0.0:
+        query_grad = torch.func.grad(loss)(phi, query)
+        grad = {n: grad[n] + v * query_grad[n] for n in grad}
+    return {n: grad[n] + lam * (phi[n] - theta[n]) for n in grad}
 
 
 def solve(

@@ -1,0 +1,363 @@
+"""The memory benchmark: peak memory of one full meta-gradient update per method and size.
+
+For each sweep point (ConvNet channels, or Transformer ``d_model`` / ``seq``) and each method,
+a fresh model and fresh tasks are built from the seed, and one *update* is measured:
+``meta_gradient`` over the meta-batch followed by an outer SGD step on θ. The paper's protocol
+is the default: tasks one at a time (``batching="loop"``), FO-B-MAML's two inner solves
+sequential (as its estimator does), ``torch.cuda.max_memory_allocated`` on a GPU
+(App. D.3, D.5). Without a GPU the CPU backend counts live tensor storage at the allocator
+level, and ``estimate`` runs the same update on the ``meta`` device.
+
+Attention runs through ``scaled_dot_product_attention``; its backend changes memory several
+times over at long sequences, so it is a setting (``sdpa``) and the kernel each method really
+used is recorded. Second-order methods (registry ``order == "second"``: MAML, iMAML) need the
+math kernel for double backward / forward-over-reverse and fall back to it from ``default``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from fobbench.errors import FobbenchError
+from fobbench.estimators import BATCHING, EstimatorConfig, get, meta_gradient
+from fobbench.inner import InnerConfig
+from fobbench.measure.estimate import CpuSdpaOnMeta
+from fobbench.measure.memory import BACKENDS, MIB, PeakMemory, limit_bytes, measure_cpu, measure_estimate
+from fobbench.meta_optim import apply, make_outer
+from fobbench.models.convnet import ConvNet, convnet_tasks
+from fobbench.models.transformer import (
+    SDPA_MODES,
+    TransformerClassifier,
+    observed_sdpa_kernel,
+    sdpa_context,
+    sequence_tasks,
+)
+from fobbench.params import Data, classification_loss
+from fobbench.results import Measurement
+
+ARCHS = ("convnet", "transformer")
+SWEEP_SIZES = {"convnet": ("channels",), "transformer": ("d_model", "seq")}
+"""The sizes a sweep can vary, per architecture."""
+
+DEFAULT_DEPTH = {"convnet": 4, "transformer": 1}
+
+STATUS_OK = "ok"
+STATUS_OOM = "oom"
+INFO_COLUMNS = ("status", "sweep", "sdpa_backend", "message")
+
+
+@dataclass(frozen=True)
+class MemorySettings:
+    """Everything that defines a memory sweep besides the swept sizes.
+
+    Attributes:
+        arch: ``convnet`` or ``transformer``.
+        backend: ``cpu`` (default), ``cuda`` or ``estimate`` (meta device).
+        tasks: tasks in the meta-batch (default 1: with ``loop`` batching the peak is one task's
+            working set whatever the meta-batch, while time grows with it; raise it for ``vmap``).
+        batch: examples in each task's support set and in its query set (default 4).
+        ways: classes per task (default 5).
+        depth: conv blocks (ConvNet, default 4) or Transformer blocks (default 1); None picks
+            the architecture's default.
+        heads: attention heads (default 8, App. D.5).
+        ffn: feed-forward hidden units (default 512, App. D.5).
+        image: ConvNet input side in pixels (default 16).
+        in_channels: ConvNet input channels (default 1).
+        steps: K inner steps (default 5, the paper's).
+        inner_lr: inner step size α (default 0.1).
+        lam: λ (default 2.0, the paper's).
+        nu: ν of FO-B-MAML (default 0.1, the paper's).
+        cg_steps: iMAML conjugate-gradient steps (default 5, the paper's).
+        es_samples: ES-MAML antithetic directions (default 2: memory depends on it only through
+            the pre-drawn directions, ``tasks × es_samples × |θ|``, while time grows linearly).
+        es_sigma: ES-MAML smoothing radius (default 0.01).
+        outer_lr: step of the outer SGD update that closes the update (default 1e-3).
+        batching: ``loop`` (default, tasks one at a time: the paper's protocol) or ``vmap``.
+        sdpa: ``default`` (PyTorch's choice; second-order methods fall back to math) or ``math``.
+        limit_mib: stop an update as ``oom`` above this many MiB over the baseline (None: none).
+        seed: seeds the model, the tasks and ES-MAML's directions (default 0).
+    """
+
+    arch: str
+    backend: str = "cpu"
+    tasks: int = 1
+    batch: int = 4
+    ways: int = 5
+    depth: int | None = None
+    heads: int = 8
+    ffn: int = 512
+    image: int = 16
+    in_channels: int = 1
+    steps: int = 5
+    inner_lr: float = 0.1
+    lam: float = 2.0
+    nu: float = 0.1
+    cg_steps: int = 5
+    es_samples: int = 2
+    es_sigma: float = 0.01
+    outer_lr: float = 1e-3
+    batching: str = "loop"
+    sdpa: str = "default"
+    limit_mib: float | None = None
+    seed: int = 0
+    estimator: EstimatorConfig = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise FobbenchError(f"--arch: unknown '{self.arch}' (choose from {', '.join(ARCHS)})")
+        if self.backend not in BACKENDS:
+            raise FobbenchError(f"unknown backend '{self.backend}' (choose from {', '.join(BACKENDS)})")
+        if self.batching not in BATCHING:
+            raise FobbenchError(f"--batching: unknown '{self.batching}' (choose from {', '.join(BATCHING)})")
+        if self.sdpa not in SDPA_MODES:
+            raise FobbenchError(f"--sdpa: unknown '{self.sdpa}' (choose from {', '.join(SDPA_MODES)})")
+        if self.depth is None:
+            object.__setattr__(self, "depth", DEFAULT_DEPTH[self.arch])
+        for name in ("tasks", "batch", "ways", "depth", "heads", "ffn", "image", "in_channels"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise FobbenchError(f"--{name.replace('_', '-')} must be an integer >= 1 (got {value})")
+        if not (self.outer_lr > 0 and math.isfinite(self.outer_lr)):
+            raise FobbenchError(f"--outer-lr must be > 0 (got {self.outer_lr})")
+        limit_bytes(self.limit_mib)
+        inner = InnerConfig(steps=self.steps, lr=self.inner_lr, lam=self.lam)
+        estimator = EstimatorConfig(inner=inner, nu=self.nu, cg_steps=self.cg_steps,
+                                    es_samples=self.es_samples, es_sigma=self.es_sigma)
+        object.__setattr__(self, "estimator", estimator)
+
+    @property
+    def benchmark(self) -> str:
+        """``memory.convnet`` or ``memory.transformer``."""
+        return f"memory.{self.arch}"
+
+    def fixed_columns(self) -> dict[str, object]:
+        """The settings written as point columns of every row (all sizes and hyperparameters)."""
+        common = {
+            "tasks": self.tasks, "batch": self.batch, "ways": self.ways, "depth": self.depth,
+            "k": self.steps, "inner_lr": self.inner_lr, "lam": self.lam, "nu": self.nu,
+            "cg_steps": self.cg_steps, "es_samples": self.es_samples, "es_sigma": self.es_sigma,
+            "outer_lr": self.outer_lr, "batching": self.batching,
+            "limit_mib": "" if self.limit_mib is None else self.limit_mib,
+        }
+        if self.arch == "transformer":
+            return {"heads": self.heads, "ffn": self.ffn, "sdpa": self.sdpa, **common}
+        return {"image": self.image, "in_channels": self.in_channels, **common}
+
+    def point_columns(self) -> tuple[str, ...]:
+        """Point columns of the results file: the sweep sizes, then :meth:`fixed_columns`."""
+        return (*SWEEP_SIZES[self.arch], *self.fixed_columns())
+
+    def check(self, points: list[dict[str, int]]) -> None:
+        """Refuse points this architecture cannot build, before anything is measured."""
+        for point in points:
+            d_model = point.get("d_model")
+            if d_model is not None and d_model % self.heads:
+                raise FobbenchError(f"--d-model {d_model} is not divisible by --heads {self.heads}")
+
+    def hashed(self) -> dict[str, object]:
+        """Settings outside the point columns that still define a point (for the config hash)."""
+        return {"arch": self.arch, "backend": self.backend}
+
+
+def sweep_points(arch: str, sizes: dict[str, list[int]]) -> tuple[str, list[dict[str, int]]]:
+    """The points of a sweep and the name of the swept size.
+
+    Args:
+        arch: ``convnet`` or ``transformer``.
+        sizes: values of each size in :data:`SWEEP_SIZES` for ``arch``; at most one of them may
+            hold several values (the swept one).
+
+    Returns:
+        ``(sweep, points)``: the swept size (the first size when none varies) and one dict of
+        sizes per point, in the order given.
+    """
+    names = SWEEP_SIZES[arch]
+    missing = [n for n in names if not sizes.get(n)]
+    if missing:
+        raise FobbenchError(f"memory sweep of {arch} needs --{missing[0].replace('_', '-')}")
+    varying = [n for n in names if len(sizes[n]) > 1]
+    if len(varying) > 1:
+        raise FobbenchError(
+            "sweep one size at a time: " + " and ".join(f"--{n.replace('_', '-')}" for n in varying)
+            + " both have several values"
+        )
+    sweep = varying[0] if varying else names[-1]
+    points = [dict(zip(names, combo)) for combo in itertools.product(*(sizes[n] for n in names))]
+    return sweep, points
+
+
+@dataclass
+class Workload:
+    """A model, its meta-parameters and a batch of tasks, ready for one update."""
+
+    model: nn.Module
+    support: Data
+    query: Data
+    has_attention: bool
+
+    @property
+    def theta(self) -> dict[str, torch.Tensor]:
+        return dict(self.model.named_parameters())
+
+    def resident(self) -> list[torch.Tensor]:
+        """Tensors alive before the update: parameters, buffers and data."""
+        return [*self.model.parameters(), *self.model.buffers(), *self.support, *self.query]
+
+
+def build(settings: MemorySettings, point: dict[str, int], device: str) -> Workload:
+    """Model and tasks of ``point`` on ``device`` (``meta`` for estimates), seeded by the settings.
+
+    The model is initialised on CPU from ``settings.seed`` and moved, so every backend sees the
+    same parameters; on ``meta`` nothing is allocated (the data are empty meta tensors).
+    """
+    generator = torch.Generator().manual_seed(settings.seed)
+    if settings.arch == "transformer":
+        settings.check([point])
+        d_model, seq = point["d_model"], point["seq"]
+
+        def make_model() -> nn.Module:
+            return TransformerClassifier(d_model, settings.heads, settings.ffn, settings.depth, settings.ways)
+
+        def make_tasks() -> tuple[Data, Data]:
+            return sequence_tasks(settings.tasks, settings.batch, settings.ways, seq, d_model, generator)
+
+        attention = True
+    else:
+        channels = point["channels"]
+
+        def make_model() -> nn.Module:
+            return ConvNet(channels, settings.depth, settings.in_channels, settings.ways)
+
+        def make_tasks() -> tuple[Data, Data]:
+            return convnet_tasks(settings.tasks, settings.batch, settings.ways, settings.in_channels,
+                                 settings.image, generator)
+
+        attention = False
+    if device == "meta":
+        with torch.device("meta"):
+            model = make_model()
+            support, query = make_tasks()
+    else:
+        torch.manual_seed(settings.seed)
+        model = make_model().to(device)
+        support, query = make_tasks()
+        support = tuple(t.to(device) for t in support)
+        query = tuple(t.to(device) for t in query)
+    return Workload(model, support, query, attention)
+
+
+def make_update(settings: MemorySettings, method: str, work: Workload) -> Callable[[], None]:
+    """One full update of ``method``: meta-gradient over the tasks, then an outer SGD step.
+
+    Gradients are cleared at the end, so nothing outlives the update but the new θ (in place).
+    """
+    theta = work.theta
+    loss = classification_loss(work.model)
+    outer = make_outer("sgd", theta.values(), settings.outer_lr)
+
+    def update() -> None:
+        generator = torch.Generator().manual_seed(settings.seed)
+        result = meta_gradient(method, theta, loss, work.support, work.query, settings.estimator,
+                               batching=settings.batching, generator=generator)
+        apply(outer, theta, result.grad)
+        del result
+        for p in theta.values():
+            p.grad = None
+
+    return update
+
+
+def sdpa_mode(settings: MemorySettings, method: str) -> tuple[str, bool]:
+    """The SDPA mode ``method`` runs with and whether it fell back to math from ``default``."""
+    if settings.sdpa == "default" and get(method).order == "second":
+        return "math", True
+    return settings.sdpa, False
+
+
+@dataclass(frozen=True)
+class Row:
+    """The outcome of one (point, method): what the results file receives."""
+
+    method: str
+    point: dict[str, object]
+    memory: PeakMemory
+    info: dict[str, object]
+
+    def measurements(self) -> list[Measurement]:
+        """Peak above baseline (bytes, MiB), absolute peak, baseline, reserved and time."""
+        m = self.memory
+        by = m.measured_by
+        rows = [
+            Measurement("peak_bytes", m.peak_bytes, "bytes", by),
+            Measurement("peak_mib", m.peak_bytes / MIB, "MiB", by),
+            Measurement("peak_abs_bytes", m.absolute_bytes, "bytes", by),
+            Measurement("baseline_bytes", float(m.baseline_bytes), "bytes", by),
+        ]
+        if m.measured_by.startswith("cuda"):
+            rows.append(Measurement("reserved_bytes", m.reserved_bytes, "bytes", "cuda_max_memory_reserved"))
+        if m.measured_by != "estimate":
+            rows.append(Measurement("seconds", m.seconds, "s", "wall_clock"))
+        return rows
+
+
+def measure_point(settings: MemorySettings, point: dict[str, int], method: str) -> tuple[PeakMemory, str]:
+    """Build, run and measure one update of ``method`` at ``point``.
+
+    Returns:
+        the memory measurement and the SDPA kernel used (``''`` for the ConvNet; e.g.
+        ``flash_attention``, ``math``, ``math (second-order fallback)``).
+    """
+    get(method)
+    device = {"cpu": "cpu", "estimate": "meta", "cuda": "cuda"}[settings.backend]
+    if settings.backend == "cuda":
+        from fobbench.measure.cuda import measure_cuda, require_cuda
+
+        require_cuda()
+    work = build(settings, point, device)
+    update = make_update(settings, method, work)
+    mode, fallback = sdpa_mode(settings, method)
+    limit = limit_bytes(settings.limit_mib)
+    redirect = CpuSdpaOnMeta() if device == "meta" else nullcontext()
+    with sdpa_context(mode):
+        kernel = ""
+        if work.has_attention:
+            with redirect, torch.no_grad():  # one probe forward of one task, before measuring
+                kernel = observed_sdpa_kernel(work.model, work.support[0][0])
+            kernel += " (second-order fallback)" if fallback else ""
+        if settings.backend == "cuda":
+            memory = measure_cuda(update, limit)
+        elif settings.backend == "estimate":
+            memory = measure_estimate(update, work.resident(), limit)
+        else:
+            memory = measure_cpu(update, work.resident(), limit)
+    return memory, kernel
+
+
+def run(settings: MemorySettings, points: list[dict[str, int]], methods: list[str], sweep: str,
+        skip: Callable[[str, dict[str, object]], bool] = lambda method, point: False,
+        ) -> Iterator[Row | None]:
+    """Measure every (point, method) in order, yielding one :class:`Row` each.
+
+    Points for which ``skip(method, point_row)`` is true (already in a resumed file) yield
+    ``None`` so progress can still advance. Out-of-memory points yield a row with status
+    ``oom`` and the sweep continues.
+    """
+    fixed = settings.fixed_columns()
+    for sizes in points:
+        for method in methods:
+            point = {**sizes, **fixed}
+            if skip(method, point):
+                yield None
+                continue
+            memory, kernel = measure_point(settings, sizes, method)
+            info = {"status": memory.status, "sweep": sweep, "sdpa_backend": kernel,
+                    "message": memory.message}
+            yield Row(method, point, memory, info)
+
