@@ -43,7 +43,6 @@ class ClippedGD(torch.optim.Optimizer):
             factor = torch.clamp(group["max_norm"] / (norm + 1e-12), max=1.0)
             for p in params:
                 p.add_(p.grad, alpha=-group["lr"] * float(factor))
-        return None
 
 
 class SNGDM(torch.optim.Optimizer):
@@ -76,7 +75,6 @@ class SNGDM(torch.optim.Optimizer):
             norm = _global_norm(buffers)
             for p, buf in zip(params, buffers):
                 p.add_(buf, alpha=-group["lr"] / (float(norm) + 1e-12))
-        return None
 
 
 def make_outer(name: str, params: Iterable[Tensor], lr: float) -> torch.optim.Optimizer:

@@ -72,7 +72,7 @@ def parse_range(
             step = _number(step_text, kind, option, spec)
             if step <= 0:
                 raise FobbenchError(f"{option}: '{spec}' needs a step above 0")
-            count = int(math.floor((hi - lo) / step + 1e-9)) + 1
+            count = math.floor((hi - lo) / step + 1e-9) + 1
             values = [kind(lo + i * step) for i in range(count)]
         elif count_text is not None:
             count = _number(count_text, int, option, spec)
@@ -84,7 +84,7 @@ def parse_range(
             values = [lo * ratio**i for i in range(count)]
             values[-1] = hi
             if kind is int:
-                values = sorted({int(round(v)) for v in values})
+                values = sorted({round(v) for v in values})
             else:
                 values = [kind(v) for v in values]
         else:

@@ -7,8 +7,8 @@ import os
 # Spinning OpenMP threads make an oversubscribed 2-core machine several times slower.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 
 @pytest.fixture(autouse=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from fobbench.errors import FobbenchError
@@ -27,7 +29,7 @@ def test_valid_int_ranges(spec: str, expected: list[int]) -> None:
 def test_float_log_grid_is_geometric_and_inclusive() -> None:
     values = parse_range("1e-5..1@6", "--nu", kind=float)
     assert values[0] == pytest.approx(1e-5) and values[-1] == 1.0
-    ratios = [b / a for a, b in zip(values, values[1:])]
+    ratios = [b / a for a, b in itertools.pairwise(values)]
     assert ratios == pytest.approx([10.0] * 5)
 
 

@@ -39,4 +39,6 @@ def main(argv: list[str] | None = None) -> None:
         if hasattr(error, "format_message") and hasattr(error, "exit_code"):
             _fail(error.format_message(), getattr(error, "exit_code", 2) or 2)
         raise
+    if result == 130:  # click turns Ctrl-C into this return value outside standalone mode
+        sys.stderr.write("fobbench: interrupted\n")
     sys.exit(result if isinstance(result, int) else 0)

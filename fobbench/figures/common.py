@@ -18,10 +18,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from scipy import stats  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from scipy import stats
 
 SERIES_KEYS = ("method", "measured_by", "device_name")
 """Columns that separate lines: one line never mixes methods, measurement kinds or devices."""

@@ -6,11 +6,12 @@ GPU facts come from NVML (``pynvml``); a machine without a driver or device yiel
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import socket
 import subprocess
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
@@ -36,7 +37,7 @@ def gpu_info() -> list[GpuInfo]:
         import pynvml
 
         pynvml.nvmlInit()
-    except Exception:
+    except Exception:  # noqa: BLE001 - no package, no driver or no device: all mean "no GPU"
         return []
     try:
         driver = pynvml.nvmlSystemGetDriverVersion()
@@ -56,13 +57,11 @@ def gpu_info() -> list[GpuInfo]:
                 )
             )
         return gpus
-    except Exception:
+    except Exception:  # noqa: BLE001 - a half-working driver is reported as "no GPU", not a crash
         return []
     finally:
-        try:
+        with contextlib.suppress(Exception):
             pynvml.nvmlShutdown()
-        except Exception:
-            pass
 
 
 @lru_cache(maxsize=1)
@@ -151,8 +150,3 @@ def describe() -> list[tuple[str, str]]:
     if gpus:
         lines.append(("torch cuda build", torch.version.cuda or "none (CPU-only torch)"))
     return lines
-
-
-def as_dict(gpu: GpuInfo) -> dict[str, object]:
-    """A GpuInfo as a plain dict (for JSON output)."""
-    return asdict(gpu)

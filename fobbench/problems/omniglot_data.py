@@ -48,6 +48,7 @@ import numpy as np
 from PIL import Image
 
 from fobbench.errors import FobbenchError
+from fobbench.problems.cache import cache_root
 
 CHARACTERS = 1623
 """Characters in the full set (background 964 + evaluation 659)."""
@@ -183,9 +184,8 @@ class Source:
 
 
 def default_cache_root() -> Path:
-    """``$XDG_CACHE_HOME/fobbench`` or ``~/.cache/fobbench``."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "fobbench"
+    """The cache root (see :func:`fobbench.problems.cache.cache_root`)."""
+    return cache_root()
 
 
 def default_data_dir() -> Path:

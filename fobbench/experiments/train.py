@@ -1,0 +1,502 @@
+"""Few-shot meta-training with any estimator of the registry (paper §6.2–6.3, Fig. 2, Table 2).
+
+One generic loop serves every :class:`~fobbench.problems.base.FewShotProblem` (MNIST-1D,
+Omniglot). Per method and seed:
+
+1. θ is initialised from the seed (same θ₀ for every method), the outer optimizer built.
+2. Iteration t (1..T) samples a meta-batch of training tasks with a generator seeded by
+   ``(seed, t)``, estimates the meta-gradient for all tasks at once (``vmap``) and applies
+   one outer step. Because every random draw is a function of ``(seed, t)``, a run resumed
+   from a checkpoint reproduces an uninterrupted run exactly.
+3. At t = 0, every ``eval_every`` iterations and at t = T, θ is adapted (same inner solver,
+   v = 0, K steps) on a FIXED set of held-out evaluation tasks (and a fixed set of training
+   tasks) and the mean query accuracy with its 95% t-interval and the mean query loss are
+   written through the results store, with timing metrics.
+4. Every ``checkpoint_every`` iterations and at T, θ, the optimizer state, RNG states and
+   timing counters are saved with ``torch.save``.
+
+Speed is reported against a floor: the time of the plain forward+backward passes the
+method cannot avoid (:data:`FLOOR_PASSES`), measured as vmapped ``grad(loss)`` calls over
+the meta-batch's support+query examples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import random
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from scipy import stats
+from torch import Tensor, nn
+
+from fobbench.errors import FobbenchError
+from fobbench.estimators import BATCHING, EstimatorConfig, get, meta_gradient
+from fobbench.inner import solve
+from fobbench.meta_optim import OUTER, apply, make_outer
+from fobbench.params import Data, LossFn, Params, classification_loss, detached
+from fobbench.problems.base import FewShotProblem, TaskBatch
+from fobbench.results import Measurement, ResultWriter
+
+POINT_COLUMNS = (
+    "problem", "split", "ways", "shots", "queries", "meta_batch", "inner_steps", "inner_lr",
+    "inner_optimizer", "lam", "nu", "cg_steps", "outer", "meta_lr", "eval_tasks", "iteration",
+)
+"""Columns of every ``train.*`` results row that define its point."""
+
+TIMING_METRICS = ("wall_time", "sec_per_iter", "grad_sec", "floor_sec", "floor_ratio")
+"""Metrics that are wall-clock measurements (differ between identical runs)."""
+
+class FloorPasses(NamedTuple):
+    """Plain fwd+bwd passes per task, by the data they see.
+
+    Attributes:
+        both: gradients of f̂ + f (support and query losses summed, one backward).
+        support: gradients of the support loss f̂ alone.
+        query: gradients of the query loss f alone.
+    """
+
+    both: int
+    support: int
+    query: int
+
+
+FLOOR_PASSES: dict[str, Callable[[EstimatorConfig], FloorPasses]] = {
+    "fobmaml-sym": lambda c: FloorPasses(both=2 * c.inner.steps, support=0, query=0),
+    "fobmaml-forward": lambda c: FloorPasses(both=c.inner.steps, support=c.inner.steps, query=0),
+    "maml": lambda c: FloorPasses(both=0, support=c.inner.steps, query=1),
+    "fomaml": lambda c: FloorPasses(both=0, support=c.inner.steps, query=1),
+    "imaml": lambda c: FloorPasses(both=0, support=c.inner.steps, query=1),
+    "reptile": lambda c: FloorPasses(both=0, support=c.inner.steps, query=0),
+    "esmaml": lambda c: FloorPasses(both=0, support=2 * c.es_samples * c.inner.steps, query=0),
+}
+"""The one table of the speed floor: the plain gradient work each method cannot avoid.
+
+FO-B-MAML solves two K-step inner problems whose objective ±ν·f + f̂ + λ/2‖φ−θ‖² needs the
+support and query gradient at every step (2K ``both`` passes; the forward variant's v = 0
+solve needs the support only); MAML, FO-MAML and iMAML one K-step solve on the support plus
+one query gradient (K + 1); Reptile the solve alone (K); ES-MAML 2·S solves (its query
+losses need no backward). Second-order work (backprop through the solver, Hessian-vector
+products) is overhead above the floor. A method missing here falls back to K support + 1
+query pass.
+"""
+
+
+def floor_passes(method: str, config: EstimatorConfig) -> FloorPasses:
+    """The passes of ``method``'s speed floor (:data:`FLOOR_PASSES`)."""
+    return FLOOR_PASSES.get(method, lambda c: FloorPasses(0, c.inner.steps, 1))(config)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of a meta-training run.
+
+    Attributes:
+        methods: estimator names (any registry method but ``exact``).
+        estimator: inner solver (K, α, λ) and method constants (ν, CG steps, ES samples).
+        iterations: T, outer iterations (default 600, the paper's MNIST-1D schedule).
+        meta_batch: tasks per meta-gradient (default 16).
+        meta_lr: outer step size (default 3e-3).
+        outer: outer optimizer, ``sgd|clipped|sngdm|adam`` (default ``adam``, the paper's).
+        eval_every: iterations between evaluations (default 50; also at 0 and T).
+        eval_tasks: fixed held-out tasks per evaluation (default 200).
+        seeds: repeats; each seed fixes θ₀ and the task stream (default (0,)).
+        checkpoint_every: iterations between checkpoints (default 100; also at T).
+        chunk_size: tasks per vmap chunk (None: the whole meta-batch at once; evaluation then
+            adapts ``meta_batch`` tasks at a time).
+        batching: ``vmap`` (default) or ``loop`` (one task at a time: least memory).
+        device: ``cpu`` or ``cuda``.
+        floor_repeats: repeats of the floor measurement; the median counts (default 3).
+    """
+
+    methods: tuple[str, ...] = ("fobmaml-sym",)
+    estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
+    iterations: int = 600
+    meta_batch: int = 16
+    meta_lr: float = 3e-3
+    outer: str = "adam"
+    eval_every: int = 50
+    eval_tasks: int = 200
+    seeds: tuple[int, ...] = (0,)
+    checkpoint_every: int = 100
+    chunk_size: int | None = None
+    batching: str = "vmap"
+    device: str = "cpu"
+    floor_repeats: int = 3
+
+    def __post_init__(self) -> None:
+        if not self.methods:
+            raise FobbenchError("--methods: no method given")
+        for name in self.methods:
+            if get(name).order == "exact":
+                raise FobbenchError(f"--methods: '{name}' cannot train a network (it needs a closed form)")
+        checks = (
+            ("--iterations", self.iterations, 1), ("--meta-batch", self.meta_batch, 1),
+            ("--eval-every", self.eval_every, 1), ("--eval-tasks", self.eval_tasks, 2),
+            ("--checkpoint-every", self.checkpoint_every, 1),
+        )
+        for option, value, least in checks:
+            if not isinstance(value, int) or value < least:
+                raise FobbenchError(f"{option} must be an integer >= {least} (got {value})")
+        if self.chunk_size is not None and self.chunk_size < 1:
+            raise FobbenchError(f"--chunk-size must be >= 1 (got {self.chunk_size})")
+        if not (self.meta_lr > 0 and math.isfinite(self.meta_lr)):
+            raise FobbenchError(f"--meta-lr must be > 0 (got {self.meta_lr})")
+        if self.outer not in OUTER:
+            raise FobbenchError(f"--outer: unknown optimizer '{self.outer}' (choose from {', '.join(OUTER)})")
+        if self.batching not in BATCHING:
+            raise FobbenchError(f"--batching: unknown '{self.batching}' (choose from {', '.join(BATCHING)})")
+        if not self.seeds or any(s < 0 for s in self.seeds):
+            raise FobbenchError(f"--seeds must be integers >= 0 (got {list(self.seeds)})")
+        if self.device not in ("cpu", "cuda"):
+            raise FobbenchError(f"--device must be cpu or cuda (got {self.device})")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise FobbenchError("--device cuda: no CUDA device is available to this torch build")
+
+
+# ----------------------------------------------------------------------------------------
+# Random streams, task batches, timing
+
+
+def stream_seed(*parts: object) -> int:
+    """A 63-bit seed that is a pure function of ``parts`` (e.g. ``(seed, "train", t)``)."""
+    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def stream(*parts: object) -> torch.Generator:
+    """A CPU generator seeded by :func:`stream_seed` of ``parts``."""
+    return torch.Generator().manual_seed(stream_seed(*parts))
+
+
+def to_device(batch: TaskBatch, device: str) -> TaskBatch:
+    """``batch`` with every tensor on ``device``."""
+    return TaskBatch(tuple(t.to(device) for t in batch.support), tuple(t.to(device) for t in batch.query))
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def measure_floor(loss: LossFn, theta: Params, batch: TaskBatch, passes: FloorPasses, repeats: int = 3,
+                  device: str = "cpu") -> float:
+    """Seconds of the floor's plain fwd+bwd passes over the meta-batch (median of ``repeats``).
+
+    Each pass is one ``vmap(grad(...))`` call over the tasks with θ shared: of f̂ + f
+    (``both``), of f̂ on the support sets, or of f on the query sets; the least gradient
+    work a method doing those evaluations per task can get away with.
+    """
+    theta = detached(theta)
+
+    def joint(th: Params, support: Data, query: Data) -> Tensor:
+        return loss(th, support) + loss(th, query)
+
+    def one(th: Params, data: Data, _: Data) -> Tensor:
+        return loss(th, data)
+
+    work = [
+        (torch.func.vmap(torch.func.grad(joint), in_dims=(None, 0, 0)), batch.support, batch.query, passes.both),
+        (torch.func.vmap(torch.func.grad(one), in_dims=(None, 0, 0)), batch.support, batch.support, passes.support),
+        (torch.func.vmap(torch.func.grad(one), in_dims=(None, 0, 0)), batch.query, batch.query, passes.query),
+    ]
+    work = [item for item in work if item[3] > 0]
+    for step, a, b, _ in work:
+        step(theta, a, b)  # warm-up
+    times = []
+    for _ in range(max(1, repeats)):
+        _sync(device)
+        start = time.perf_counter()
+        for step, a, b, count in work:
+            for _ in range(count):
+                step(theta, a, b)
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return float(statistics.median(times))
+
+
+# ----------------------------------------------------------------------------------------
+# Evaluation
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Query accuracy and loss after adaptation, over a fixed set of tasks.
+
+    Attributes:
+        acc: mean query accuracy over tasks (fraction).
+        ci95: half-width of its 95% t-interval over tasks.
+        loss: mean query cross-entropy (nats).
+        tasks: number of tasks.
+    """
+
+    acc: float
+    ci95: float
+    loss: float
+    tasks: int
+
+
+def evaluate(model: nn.Module, theta: Params, tasks: TaskBatch, config: EstimatorConfig,
+             chunk_size: int | None = None) -> Evaluation:
+    """Adapt θ on each task's support set (v = 0, K steps), then score its query set.
+
+    Every task is adapted independently from θ with the same inner solver the methods train
+    with; BatchNorm uses the query batch's statistics (as in MAML evaluation).
+    """
+    loss = classification_loss(model)
+    theta = detached(theta)
+
+    def one(th: Params, support: Data, query: Data) -> tuple[Tensor, Tensor]:
+        phi = solve(th, loss, support, query, 0.0, config.inner)
+        logits = torch.func.functional_call(model, phi, (query[0],))
+        return nn.functional.cross_entropy(logits, query[1]), (logits.argmax(-1) == query[1]).float().mean()
+
+    with torch.no_grad():
+        losses, accs = torch.func.vmap(one, in_dims=(None, 0, 0), chunk_size=chunk_size)(
+            theta, tasks.support, tasks.query
+        )
+    acc = accs.double().cpu().numpy()
+    n = len(acc)
+    half = float(stats.t.ppf(0.975, n - 1) * acc.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
+    return Evaluation(acc=float(acc.mean()), ci95=half, loss=float(losses.double().mean()), tasks=n)
+
+
+# ----------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def _rng_state() -> dict[str, object]:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, object] = {
+        "torch": torch.get_rng_state(),
+        "numpy": (kind, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss),
+                  float(cached)),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, object]) -> None:
+    torch.set_rng_state(state["torch"])  # type: ignore[arg-type]
+    kind, keys, pos, has_gauss, cached = state["numpy"]  # type: ignore[misc]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(_tuples(state["python"]))  # type: ignore[arg-type]
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])  # type: ignore[arg-type]
+
+
+def _tuples(value: object) -> object:
+    """Lists back to tuples (``random.setstate`` wants the exact nesting it produced)."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_tuples(v) for v in value)
+    return value
+
+
+def checkpoint_path(folder: Path, method: str, seed: int) -> Path:
+    """Checkpoint file of one (method, seed) run inside ``folder``."""
+    return folder / f"{method}-seed{seed}.pt"
+
+
+def checkpoint_folder(csv_path: Path) -> Path:
+    """Where the checkpoints of a results file live: ``<csv stem>-checkpoints/`` beside it."""
+    return csv_path.parent / f"{csv_path.stem}-checkpoints"
+
+
+def save_checkpoint(path: Path, state: dict[str, object]) -> None:
+    """``torch.save`` to a temporary file, then an atomic rename (a kill never leaves half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict[str, object]:
+    """A checkpoint written by :func:`save_checkpoint` (tensors, numbers and strings only)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 (a foreign or damaged file is user input)
+        raise FobbenchError(f"{path}: not a readable fobbench checkpoint ({type(error).__name__})") from None
+
+
+# ----------------------------------------------------------------------------------------
+# The loop
+
+
+@dataclass
+class _Timer:
+    """Timing counters of one (method, seed) run, carried across resumes."""
+
+    wall: float = 0.0          # seconds of this run in earlier processes
+    iter_seconds: float = 0.0  # summed over timed iterations
+    grad_seconds: float = 0.0
+    timed: int = 0             # timed iterations (each process skips its first: warm-up)
+
+
+def settings_of(problem: FewShotProblem, config: TrainConfig) -> tuple[dict[str, object], dict[str, object]]:
+    """(point without iteration, hashed settings) of a run: the problem's description split
+    into CSV columns and the rest (data arguments, estimator constants, batching, device)."""
+    describe = dict(problem.describe())
+    est = config.estimator
+    point = {
+        "problem": problem.name,
+        "split": describe.pop("split", ""),
+        "ways": problem.ways,
+        "shots": problem.shots,
+        "queries": problem.queries,
+        "meta_batch": config.meta_batch,
+        "inner_steps": est.inner.steps,
+        "inner_lr": est.inner.lr,
+        "inner_optimizer": est.inner.optimizer,
+        "lam": est.inner.lam,
+        "nu": est.nu,
+        "cg_steps": est.cg_steps,
+        "outer": config.outer,
+        "meta_lr": config.meta_lr,
+        "eval_tasks": config.eval_tasks,
+    }
+    for key in ("problem", "ways", "shots", "queries"):
+        describe.pop(key, None)
+    settings = {
+        "problem_settings": describe,
+        "es_samples": est.es_samples,
+        "es_sigma": est.es_sigma,
+        "batching": config.batching,
+        "device": config.device,
+        "task_streams": "sha256(seed:train:t), eval tasks sha256(eval), train-eval tasks sha256(train-eval)",
+    }
+    return point, settings
+
+
+def run_one(problem: FewShotProblem, config: TrainConfig, method: str, seed: int, writer: ResultWriter,
+            checkpoints: Path, resume: bool = False,
+            advance: Callable[[int], None] = lambda n: None) -> None:
+    """Meta-train ``method`` from seed ``seed``, writing evaluation rows and checkpoints.
+
+    With ``resume``, continues from this run's checkpoint (when there is one) and skips
+    rows the results file already holds; the rows it adds are identical to those an
+    uninterrupted run writes, apart from the timing metrics.
+    """
+    started = time.perf_counter()
+    device, est, total = config.device, config.estimator, config.iterations
+    point, settings = settings_of(problem, config)
+    run_hash = writer.point_hash(method, point, settings)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = problem.model()
+    model = model.to(device)
+    theta: Params = dict(model.named_parameters())
+    optimizer = make_outer(config.outer, theta.values(), config.meta_lr)
+    loss = classification_loss(model)
+    timer = _Timer()
+    start = 0
+    path = checkpoint_path(checkpoints, method, seed)
+    if resume and path.is_file():
+        state = load_checkpoint(path)
+        if state.get("run_hash") != run_hash:
+            raise FobbenchError(
+                f"--resume: {path} was written with other settings than this command's; "
+                "rerun with the original options"
+            )
+        with torch.no_grad():
+            for name, value in state["theta"].items():  # type: ignore[union-attr]
+                theta[name].copy_(value)
+        optimizer.load_state_dict(state["optimizer"])  # type: ignore[arg-type]
+        _set_rng_state(state["rng"])  # type: ignore[arg-type]
+        start = int(state["iteration"])  # type: ignore[arg-type]
+        timer = _Timer(**state["timer"])  # type: ignore[arg-type]
+    if start >= total:
+        advance(total)
+        return
+    advance(start)
+
+    # Evaluation adapts at most a meta-batch of tasks at once (Omniglot's 200 tasks in one
+    # vmap call would hold gigabytes of activations).
+    eval_chunk = config.chunk_size or config.meta_batch
+    eval_tasks = to_device(problem.sample("eval", config.eval_tasks, stream("eval")), device)
+    train_tasks = to_device(problem.sample("train", config.eval_tasks, stream("train-eval")), device)
+    floor = measure_floor(
+        loss, theta, to_device(problem.sample("train", config.meta_batch, stream(seed, "floor")), device),
+        floor_passes(method, est), config.floor_repeats, device,
+    )
+
+    def record(t: int) -> None:
+        row = {**point, "iteration": t}
+        if writer.is_done(method, row, settings, seed):
+            return
+        held_out = evaluate(model, theta, eval_tasks, est, eval_chunk)
+        seen = evaluate(model, theta, train_tasks, est, eval_chunk)
+        measurements = [
+            Measurement("eval_acc", held_out.acc, "1", "query_after_adaptation"),
+            Measurement("eval_acc_ci95", held_out.ci95, "1", "t_interval_over_tasks"),
+            Measurement("eval_loss", held_out.loss, "nats", "query_after_adaptation"),
+            Measurement("train_acc", seen.acc, "1", "query_after_adaptation"),
+            Measurement("train_loss", seen.loss, "nats", "query_after_adaptation"),
+            Measurement("wall_time", timer.wall + time.perf_counter() - started, "s", "wall_clock"),
+        ]
+        if timer.timed:
+            per_iter = timer.iter_seconds / timer.timed
+            measurements += [
+                Measurement("sec_per_iter", per_iter, "s", "wall_clock"),
+                Measurement("grad_sec", timer.grad_seconds / timer.timed, "s", "wall_clock"),
+                Measurement("floor_sec", floor, "s", "wall_clock"),
+                Measurement("floor_ratio", per_iter / floor, "1", "wall_clock"),
+            ]
+        writer.write_point(method, row, settings, seed, measurements)
+
+    if start == 0:
+        record(0)
+    first = True
+    for t in range(start + 1, total + 1):
+        _sync(device)
+        tick = time.perf_counter()
+        batch = to_device(problem.sample("train", config.meta_batch, stream(seed, "train", t)), device)
+        estimate = meta_gradient(
+            method, theta, loss, batch.support, batch.query, est, batching=config.batching,
+            chunk_size=config.chunk_size, generator=stream(seed, "noise", t),
+        )
+        apply(optimizer, theta, estimate.grad)
+        _sync(device)
+        if not first or start + 1 == total:
+            timer.iter_seconds += time.perf_counter() - tick
+            timer.grad_seconds += estimate.seconds
+            timer.timed += 1
+        first = False
+        if t % config.eval_every == 0 or t == total:
+            record(t)
+        if t % config.checkpoint_every == 0 or t == total:
+            save_checkpoint(path, {
+                "format": "fobbench.train-checkpoint/1",
+                "run_hash": run_hash,
+                "method": method,
+                "seed": seed,
+                "iteration": t,
+                "theta": {n: p.detach().cpu().clone() for n, p in theta.items()},
+                "optimizer": optimizer.state_dict(),
+                "rng": _rng_state(),
+                "timer": {**timer.__dict__, "wall": timer.wall + time.perf_counter() - started},
+            })
+        advance(1)
+
+
+def run(problem: FewShotProblem, config: TrainConfig, writer: ResultWriter, resume: bool = False,
+        advance: Callable[[int], None] = lambda n: None) -> Path:
+    """Meta-train every method × seed of ``config`` on ``problem``; returns the checkpoint folder.
+
+    Methods run one after another for each seed (method-major), all from the same θ₀ and
+    task stream per seed, so differences between methods come from the estimators.
+    """
+    folder = checkpoint_folder(writer.path)
+    for method in config.methods:
+        for seed in config.seeds:
+            run_one(problem, config, method, seed, writer, folder, resume, advance)
+    return folder

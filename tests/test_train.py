@@ -1,0 +1,252 @@
+"""``fobbench train``: learning well above chance, exact resume, evaluation, speed floor, CLI errors.
+
+MNIST-1D is generated with 5,000 samples (the package default; 4,000 meta-train / 1,000
+held-out examples) into the session's temporary cache shared with ``test_mnist1d.py``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from scipy import stats
+
+from fobbench.estimators import REGISTRY, EstimatorConfig
+from fobbench.experiments import train as experiment
+from fobbench.figures import train as figures
+from fobbench.inner import InnerConfig, solve
+from fobbench.params import classification_loss
+from fobbench.problems.mnist1d import MNIST1DProblem
+from fobbench.results import read_results
+
+SMALL = ("--num-samples", "5000", "--threads", "2", "--quiet")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory):
+    folder = tmp_path_factory.getbasetemp() / "fobbench-cache"
+    folder.mkdir(exist_ok=True)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FOBBENCH_CACHE", str(folder))
+        yield folder
+
+
+def _values(frame: pd.DataFrame, method: str, metric: str) -> pd.Series:
+    rows = frame[(frame["method"] == method) & (frame["metric"] == metric)]
+    return rows.set_index("iteration")["value"].sort_index()
+
+
+def test_short_training_beats_chance_by_far(cli, tmp_path: Path) -> None:
+    out = tmp_path / "run.csv"
+    code, stdout, stderr = cli(
+        "train", "mnist1d", "--methods", "fobmaml-sym,maml", "--iterations", "30", "--meta-batch", "4",
+        "--eval-every", "30", "--eval-tasks", "60", "--out", str(out), *SMALL,
+    )
+    assert code == 0, stderr
+    frame = read_results(out)
+    assert set(frame["benchmark"]) == {"train.mnist1d"}
+    for method in ("fobmaml-sym", "maml"):
+        acc = _values(frame, method, "eval_acc")
+        assert list(acc.index) == [0, 30]
+        # 3-way: chance is 1/3; the trained model must clear it by far and beat its own start.
+        assert acc[30] > 0.6, (method, acc.to_dict())
+        assert acc[30] > acc[0] + 0.05, (method, acc.to_dict())
+        for metric in ("eval_acc_ci95", "eval_loss", "train_loss", "wall_time", "sec_per_iter",
+                       "floor_sec", "floor_ratio"):
+            assert metric in set(frame[(frame["method"] == method) & (frame["iteration"] == 30)]["metric"])
+    held = frame[frame["metric"] == "eval_acc"]
+    assert held["split"].str.contains("held-out").all()
+    # The rich table and the figures beside the CSV.
+    assert "fobmaml-sym" in stdout and "maml" in stdout and "±95%" in stdout
+    written = sorted(p.name for p in (tmp_path / "run-figures").iterdir())
+    assert "train_mnist1d_3way5shot_accuracy.png" in written
+    assert "train_mnist1d_3way5shot_speed.png" in written
+    assert "train_mnist1d_3way5shot_final.md" in written
+    assert sorted(p.name for p in (tmp_path / "run-checkpoints").iterdir()) == [
+        "fobmaml-sym-seed0.pt", "maml-seed0.pt"]
+
+
+def test_resume_reproduces_an_uninterrupted_run(cli, tmp_path: Path) -> None:
+    common = ("--methods", "fobmaml-sym,reptile", "--meta-batch", "3", "--eval-every", "2",
+              "--eval-tasks", "6", "--checkpoint-every", "2", "--seeds", "0,1", "--no-plot", *SMALL)
+    straight, broken = tmp_path / "straight.csv", tmp_path / "broken.csv"
+    assert cli("train", "mnist1d", *common, "--iterations", "4", "--out", str(straight))[0] == 0
+    assert cli("train", "mnist1d", *common, "--iterations", "2", "--out", str(broken))[0] == 0
+    code, _, stderr = cli("train", "mnist1d", *common, "--iterations", "4", "--resume", str(broken))
+    assert code == 0, stderr
+    keys = ["method", "seed", "iteration", "metric"]
+
+    def stable(path: Path) -> pd.DataFrame:
+        frame = read_results(path)
+        frame = frame[~frame["metric"].isin(experiment.TIMING_METRICS)]
+        return frame[[*keys, "value", "config_hash"]].sort_values(keys).reset_index(drop=True)
+
+    a, b = stable(straight), stable(broken)
+    assert len(a) == 2 * 2 * 3 * 5  # methods × seeds × evaluations (0, 2, 4) × metrics
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+    # Seeds differ, and both methods start from the same θ₀ and tasks (same iteration-0 rows).
+    acc0 = a[(a["iteration"] == 0) & (a["metric"] == "eval_acc")].set_index(["method", "seed"])["value"]
+    assert acc0[("fobmaml-sym", 0)] == acc0[("reptile", 0)]
+    assert acc0[("fobmaml-sym", 0)] != acc0[("fobmaml-sym", 1)]
+    # One run id across the resume; a resumed run adds no duplicate rows.
+    assert read_results(broken)["run_id"].nunique() == 1
+    # The final meta-parameters and optimizer states are bitwise equal too.
+    for name in ("fobmaml-sym-seed1.pt", "reptile-seed0.pt"):
+        x = experiment.load_checkpoint(tmp_path / "straight-checkpoints" / name)
+        y = experiment.load_checkpoint(tmp_path / "broken-checkpoints" / name)
+        assert x["iteration"] == y["iteration"] == 4
+        assert all(torch.equal(x["theta"][k], y["theta"][k]) for k in x["theta"])
+        assert all(torch.equal(x["optimizer"]["state"][i]["exp_avg_sq"], y["optimizer"]["state"][i]["exp_avg_sq"])
+                   for i in x["optimizer"]["state"])
+
+
+def test_resume_after_a_kill_between_checkpoints(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    common = ("--method", "fobmaml-sym", "--meta-batch", "2", "--eval-every", "1", "--eval-tasks", "4",
+              "--checkpoint-every", "2", "--iterations", "5", "--no-plot", *SMALL)
+    straight, broken = tmp_path / "straight.csv", tmp_path / "broken.csv"
+    assert cli("train", "mnist1d", *common, "--out", str(straight))[0] == 0
+    save = experiment.save_checkpoint
+    calls = []
+
+    def interrupted(path: Path, state: dict) -> None:
+        calls.append(state["iteration"])
+        if state["iteration"] == 4:
+            raise KeyboardInterrupt  # killed after the rows of iteration 4, before its checkpoint
+        save(path, state)
+
+    monkeypatch.setattr(experiment, "save_checkpoint", interrupted)
+    code = cli("train", "mnist1d", *common, "--out", str(broken))[0]
+    assert code == 130 and calls == [2, 4]
+    assert experiment.load_checkpoint(tmp_path / "broken-checkpoints" / "fobmaml-sym-seed0.pt")["iteration"] == 2
+    monkeypatch.setattr(experiment, "save_checkpoint", save)
+    assert cli("train", "mnist1d", *common, "--resume", str(broken))[0] == 0
+    rows = read_results(broken)
+    assert not rows.duplicated(["iteration", "metric"]).any()  # iterations 3, 4 were not written twice
+    x = experiment.load_checkpoint(tmp_path / "straight-checkpoints" / "fobmaml-sym-seed0.pt")
+    y = experiment.load_checkpoint(tmp_path / "broken-checkpoints" / "fobmaml-sym-seed0.pt")
+    assert x["iteration"] == y["iteration"] == 5
+    assert all(torch.equal(x["theta"][k], y["theta"][k]) for k in x["theta"])
+    acc = [read_results(p).query("metric == 'eval_acc'").set_index("iteration")["value"].sort_index()
+           for p in (straight, broken)]
+    pd.testing.assert_series_equal(acc[0], acc[1], check_exact=True)
+
+
+def test_resume_refuses_a_checkpoint_of_other_settings(cli, tmp_path: Path) -> None:
+    out = tmp_path / "r.csv"
+    base = ("--iterations", "1", "--meta-batch", "2", "--eval-tasks", "4", "--no-plot", *SMALL)
+    assert cli("train", "mnist1d", *base, "--out", str(out))[0] == 0
+    code, _, stderr = cli("train", "mnist1d", *base, "--inner-lr", "0.05", "--iterations", "2",
+                          "--resume", str(out))
+    assert code == 2 and stderr.count("\n") == 1 and "other settings" in stderr
+
+
+def test_evaluation_agrees_with_a_task_by_task_loop() -> None:
+    problem = MNIST1DProblem(num_samples=5000)
+    torch.manual_seed(0)
+    model = problem.model()
+    theta = {n: p.detach() for n, p in model.named_parameters()}
+    config = EstimatorConfig(inner=InnerConfig(steps=3, lr=0.3))
+    tasks = problem.sample("eval", 12, torch.Generator().manual_seed(2))
+    result = experiment.evaluate(model, theta, tasks, config, chunk_size=5)
+    loss = classification_loss(model)
+    accs, losses = [], []
+    for i in range(12):
+        support = tuple(t[i] for t in tasks.support)
+        query = tuple(t[i] for t in tasks.query)
+        phi = solve(theta, loss, support, query, 0.0, config.inner)
+        logits = torch.func.functional_call(model, phi, (query[0],))
+        accs.append(float((logits.argmax(-1) == query[1]).float().mean()))
+        losses.append(float(torch.nn.functional.cross_entropy(logits, query[1])))
+    mean = sum(accs) / 12
+    sd = math.sqrt(sum((a - mean) ** 2 for a in accs) / 11)
+    assert result.tasks == 12
+    assert result.acc == pytest.approx(mean, abs=1e-6)
+    assert result.ci95 == pytest.approx(stats.t.ppf(0.975, 11) * sd / math.sqrt(12), abs=1e-6)
+    assert result.loss == pytest.approx(sum(losses) / 12, abs=1e-5)
+
+
+def test_floor_table_covers_the_registry() -> None:
+    config = EstimatorConfig(inner=InnerConfig(steps=5), es_samples=4)
+    trainable = {name for name, est in REGISTRY.items() if est.order != "exact"}
+    assert trainable <= set(experiment.FLOOR_PASSES)
+    passes = {name: experiment.floor_passes(name, config) for name in trainable}
+    assert passes["fobmaml-sym"] == (10, 0, 0) and passes["maml"] == (0, 5, 1)
+    assert passes["reptile"] == (0, 5, 0) and passes["fomaml"] == passes["imaml"] == passes["maml"]
+    assert passes["esmaml"] == (0, 40, 0) and passes["fobmaml-forward"] == (5, 5, 0)
+
+
+def test_task_streams_are_pure_functions_of_seed_and_iteration() -> None:
+    assert experiment.stream_seed(0, "train", 5) == experiment.stream_seed(0, "train", 5)
+    assert len({experiment.stream_seed(s, "train", t) for s in range(3) for t in range(50)}) == 150
+    assert torch.equal(torch.rand(3, generator=experiment.stream(1, "train", 2)),
+                       torch.rand(3, generator=experiment.stream(1, "train", 2)))
+
+
+def test_summary_uses_seed_intervals_for_several_seeds() -> None:
+    rows = []
+    for seed, acc in ((0, 0.8), (1, 0.9), (2, 0.85)):
+        for iteration, value in ((0, 0.4), (100, acc)):
+            for metric, v in (("eval_acc", value), ("eval_acc_ci95", 0.01)):
+                rows.append({"benchmark": "train.mnist1d", "method": "maml", "ways": 3, "shots": 5,
+                             "queries": 10, "run_id": "r", "seed": seed, "iteration": iteration,
+                             "metric": metric, "value": v, "device_name": "cpu"})
+    table = figures.summarize(pd.DataFrame(rows))
+    row = table.iloc[0]
+    assert row["seeds"] == 3 and row["ci_over"] == "seeds" and row["iteration"] == 100
+    assert row["final_acc"] == pytest.approx(0.85)
+    assert row["final_ci95"] == pytest.approx(stats.t.ppf(0.975, 2) * 0.05 / math.sqrt(3))
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--methods", "exact"), "--methods"),
+    (("--method", "nope"), "unknown method"),
+    (("--seeds", "4..1"), "--seeds"),
+    (("--outer", "rmsprop"), "--outer"),
+    (("--eval-tasks", "1"), "--eval-tasks"),
+    (("--lam", "0"), "lambda"),
+    (("--out", "a.csv", "--resume", "b.csv"), "either --out or --resume"),
+])
+def test_bad_options_are_one_line_errors(cli, args: tuple[str, ...], message: str) -> None:
+    code, _, stderr = cli("train", "mnist1d", *args, "--iterations", "1", *SMALL)
+    assert code == 2
+    assert stderr.count("\n") == 1 and message in stderr, stderr
+
+
+def test_seed_ranges() -> None:
+    from fobbench.cli.train import parse_seeds
+
+    assert parse_seeds("0..4") == (0, 1, 2, 3, 4)
+    assert parse_seeds("3") == (3,)
+    assert parse_seeds("0,3,7") == (0, 3, 7)
+
+
+def test_omniglot_command_reports_missing_data(cli, tmp_path: Path) -> None:
+    pytest.importorskip("fobbench.problems.omniglot")
+    code, _, stderr = cli("train", "omniglot", "--data-dir", str(tmp_path / "none"), "--iterations", "1",
+                          "--quiet", "--no-plot", "--out", str(tmp_path / "o.csv"))
+    assert code == 2 and stderr.count("\n") == 1 and "Omniglot" in stderr
+
+
+OMNIGLOT = Path(os.environ.get("FOBBENCH_TEST_OMNIGLOT")
+                or Path(__file__).resolve().parents[1].parent / "shared" / "data" / "omniglot")
+
+
+@pytest.mark.slow
+def test_omniglot_command_trains_on_real_data(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("fobbench.problems.omniglot")
+    if not (OMNIGLOT / "images_background.npz").is_file():
+        pytest.skip(f"real Omniglot not found in {OMNIGLOT}")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    out = tmp_path / "o.csv"
+    code, _, stderr = cli("train", "omniglot", "--data-dir", str(OMNIGLOT), "--methods", "fobmaml-sym,maml",
+                               "--iterations", "2", "--meta-batch", "2", "--eval-tasks", "4", "--quiet",
+                               "--no-plot", "--out", str(out))
+    assert code == 0, stderr
+    frame = read_results(out)
+    assert set(frame["benchmark"]) == {"train.omniglot"} and set(frame["split"].astype(str)) == {"maml"}
+    acc = frame[frame["metric"] == "eval_acc"]
+    assert set(acc["iteration"]) == {0, 2} and acc["value"].between(0, 1).all()
