@@ -49,6 +49,7 @@ def test_short_training_beats_chance_by_far(cli, tmp_path: Path) -> None:
     assert code == 0, stderr
     frame = read_results(out)
     assert set(frame["benchmark"]) == {"train.mnist1d"}
+    assert frame["split_hash"].notna().all() and frame["split_hash"].nunique() == 1
     for method in ("fobmaml-sym", "maml"):
         acc = _values(frame, method, "eval_acc")
         assert list(acc.index) == [0, 30]
@@ -248,5 +249,6 @@ def test_omniglot_command_trains_on_real_data(cli, tmp_path: Path, monkeypatch: 
     assert code == 0, stderr
     frame = read_results(out)
     assert set(frame["benchmark"]) == {"train.omniglot"} and set(frame["split"].astype(str)) == {"maml"}
+    assert frame["split_hash"].notna().all() and frame["split_hash"].nunique() == 1  # in every row
     acc = frame[frame["metric"] == "eval_acc"]
     assert set(acc["iteration"]) == {0, 2} and acc["value"].between(0, 1).all()

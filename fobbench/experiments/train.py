@@ -47,7 +47,7 @@ from fobbench.problems.base import FewShotProblem, TaskBatch
 from fobbench.results import Measurement, ResultWriter
 
 POINT_COLUMNS = (
-    "problem", "split", "ways", "shots", "queries", "meta_batch", "inner_steps", "inner_lr",
+    "problem", "split", "split_hash", "ways", "shots", "queries", "meta_batch", "inner_steps", "inner_lr",
     "inner_optimizer", "lam", "nu", "cg_steps", "outer", "meta_lr", "eval_tasks", "iteration",
 )
 """Columns of every ``train.*`` results row that define its point."""
@@ -350,6 +350,7 @@ def settings_of(problem: FewShotProblem, config: TrainConfig) -> tuple[dict[str,
     point = {
         "problem": problem.name,
         "split": describe.pop("split", ""),
+        "split_hash": describe.pop("split_hash", ""),
         "ways": problem.ways,
         "shots": problem.shots,
         "queries": problem.queries,

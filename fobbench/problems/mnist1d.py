@@ -206,9 +206,11 @@ class MNIST1DProblem:
     def describe(self) -> dict[str, object]:
         """Settings that define the problem (generator arguments, split), for CSV rows and hashes."""
         n_train, n_eval = (int(self._members[s][1].sum()) for s in SPLITS)
+        split = f"train={n_train} examples/eval={n_eval} held-out examples, {self.classes} classes in both"
         return {
             "problem": self.name,
-            "split": f"train={n_train} examples/eval={n_eval} held-out examples, {self.classes} classes in both",
+            "split": split,
+            "split_hash": config_hash({"split": split, "data_args": dict(self.args)}),
             "ways": self.ways,
             "shots": self.shots,
             "queries": self.queries,
