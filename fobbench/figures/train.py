@@ -165,7 +165,7 @@ def _speed_figure(table: pd.DataFrame, named: dict[str, object]) -> plt.Figure |
         ax.text(per_iter * 1e3, i + 0.2, f" ×{ratio:.2f}", va="center", fontsize=8)
     ax.set_yticks(y, table["label"])
     ax.set_xlabel("milliseconds")
-    ax.set_title(f"{_title(named)}: speed against the floor", fontsize=10)
+    ax.set_title(f"{_title(named)}\nspeed against the floor of plain fwd+bwd passes", fontsize=10)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2, frameon=False)
     ax.grid(True, axis="x", alpha=0.3)
     return fig
