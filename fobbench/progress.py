@@ -36,3 +36,12 @@ def progress(quiet: bool = False) -> Progress:
         disable=quiet or not console.is_terminal,
         transient=False,
     )
+
+
+def table_console() -> Console:
+    """The stdout console for wide tables: the terminal's width, or 160 columns in logs.
+
+    Without a terminal rich assumes 80 columns, which folds every cell of a wide table in
+    CI logs.
+    """
+    return out if out.is_terminal else Console(width=160, highlight=False)

@@ -10,13 +10,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from fobbench.cli.app import app
 from fobbench.errors import FobbenchError
-from fobbench.progress import console, out
+from fobbench.progress import console, out, table_console
 from fobbench.results import compare as comparison
 from fobbench.results import read_results
 
@@ -33,15 +32,6 @@ _KINDS = {
     "deterministic": (comparison.DETERMINISTIC,),
     "noisy": (comparison.NOISY,),
 }
-
-
-def table_console() -> Console:
-    """The stdout console for wide tables: the terminal's width, or 160 columns in logs.
-
-    Without a terminal rich assumes 80 columns, which folds every cell of a compare report
-    in CI logs.
-    """
-    return out if out.is_terminal else Console(width=160, highlight=False)
 
 
 def _table(report, only_changed: bool) -> Table:

@@ -9,9 +9,8 @@ import typer
 from rich.table import Table
 
 from fobbench.cli.app import app
-from fobbench.cli.compare import table_console
 from fobbench.plot import FORMATS, collect, draw_all
-from fobbench.progress import console, out
+from fobbench.progress import console, out, table_console
 
 
 @app.command(

@@ -18,10 +18,9 @@ from rich.table import Table
 
 from fobbench import suites
 from fobbench.cli.app import app
-from fobbench.cli.compare import table_console
 from fobbench.errors import FobbenchError
 from fobbench.measure.environment import git_state
-from fobbench.progress import console, out, progress
+from fobbench.progress import console, out, progress, table_console
 
 
 def default_out(suite_path: Path) -> Path:
