@@ -21,6 +21,15 @@ def _two_threads():
 
 
 @pytest.fixture
+def one_thread():
+    """Tiny problems (quadratics, small MLPs) run several times faster on one thread."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture
 def cli(capsys):
     """Run ``fobbench ...`` in-process: returns (exit code, stdout, stderr)."""
     from fobbench.cli import main

@@ -25,13 +25,7 @@ F64 = torch.float64
 LAM = 2.0
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These problems are tiny: one thread is several times faster than two on a shared CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --- quadratic tasks built here, independently of fobbench.problems ------------------------

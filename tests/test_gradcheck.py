@@ -21,13 +21,7 @@ from fobbench.results import read_results
 LAM = 2.0
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny matrices: one thread is several times faster than two on a shared CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --- the quadratic problem ------------------------------------------------------------------
