@@ -18,9 +18,9 @@ from pathlib import Path
 import pandas as pd
 
 from fobbench.errors import FobbenchError
+from fobbench.figures.common import check_format
 from fobbench.results import read_results
 
-FORMATS = ("png", "svg", "pdf")
 """Figure formats matplotlib writes for every figure module."""
 
 _MODULE_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
@@ -122,8 +122,7 @@ def draw_all(frames: pd.DataFrame | Sequence[pd.DataFrame], out_dir: Path, fmt: 
         out_dir: where figures go (created when needed).
         fmt: ``png`` (default), ``svg`` or ``pdf``.
     """
-    if fmt not in FORMATS:
-        raise FobbenchError(f"--format: '{fmt}' is not one of {', '.join(FORMATS)}")
+    check_format(fmt)
     report = PlotReport()
     for prefix, rows in by_prefix(frames).items():
         report.rows[prefix] = len(rows)

@@ -12,6 +12,7 @@ Accepted forms (``option`` names the option in error messages):
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -102,3 +103,18 @@ def parse_range(
     if positive and any(v <= 0 for v in values):
         raise FobbenchError(f"{option}: '{spec}' must be above 0")
     return values
+
+
+def parse_seeds(spec: str, option: str = "--seeds") -> tuple[int, ...]:
+    """Seeds: ``a..b`` is every integer from a to b inclusive (``0..4`` → 0, 1, 2, 3, 4);
+    otherwise the list/range syntax above. Seeds are >= 0; duplicates are dropped."""
+    match = re.fullmatch(r"\s*(\d+)\s*\.\.\s*(\d+)\s*", spec)
+    if match:
+        lo, hi = int(match.group(1)), int(match.group(2))
+        if hi < lo:
+            raise FobbenchError(f"{option}: '{spec}' is descending (write the smaller seed first)")
+        return tuple(range(lo, hi + 1))
+    values = parse_range(spec, option, kind=int, positive=False)
+    if any(v < 0 for v in values):
+        raise FobbenchError(f"{option}: '{spec}' must be >= 0")
+    return tuple(dict.fromkeys(values))

@@ -218,7 +218,7 @@ def test_bad_options_are_one_line_errors(cli, args: tuple[str, ...], message: st
 
 
 def test_seed_ranges() -> None:
-    from fobbench.cli.train import parse_seeds
+    from fobbench.ranges import parse_seeds
 
     assert parse_seeds("0..4") == (0, 1, 2, 3, 4)
     assert parse_seeds("3") == (3,)

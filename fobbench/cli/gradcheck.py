@@ -16,18 +16,11 @@ from fobbench.errors import FobbenchError
 from fobbench.estimators import parse_methods
 from fobbench.experiments import gradcheck as experiment
 from fobbench.progress import console, out, progress
-from fobbench.ranges import parse_range
+from fobbench.ranges import parse_range, parse_seeds
 
 EXAMPLE = (
     "Example: fobbench gradcheck --experiments all --k 1..128 --methods fobmaml-sym,imaml,maml"
 )
-
-
-def _seeds(text: str) -> tuple[int, ...]:
-    values = parse_range(text, "--seed", kind=int, positive=False)
-    if any(v < 0 for v in values):
-        raise FobbenchError(f"--seed: '{text}' must be >= 0")
-    return tuple(values)
 
 
 def _short(value: float) -> str:
@@ -165,7 +158,7 @@ def gradcheck(
         tasks=tasks,
         cond=cond,
         distinct_test=distinct_test,
-        seeds=_seeds(seed),
+        seeds=parse_seeds(seed, "--seed"),
         batching=batching,
     )
     folder = resume if resume is not None else (out_dir or experiment.default_out())

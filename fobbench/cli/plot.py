@@ -9,7 +9,8 @@ import typer
 from rich.table import Table
 
 from fobbench.cli.app import app
-from fobbench.plot import FORMATS, collect, draw_all
+from fobbench.figures.common import FORMATS
+from fobbench.plot import collect, draw_all
 from fobbench.progress import console, out, table_console
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 from typing import Annotated
 
@@ -17,10 +16,11 @@ from fobbench.errors import FobbenchError
 from fobbench.estimators import EstimatorConfig, parse_methods
 from fobbench.experiments import train as experiment
 from fobbench.figures import train as figures
+from fobbench.figures.common import check_format
 from fobbench.inner import InnerConfig
 from fobbench.problems.base import FewShotProblem
 from fobbench.progress import console, out, progress
-from fobbench.ranges import parse_range
+from fobbench.ranges import parse_seeds
 from fobbench.results import ResultWriter, default_path, read_results
 
 train_app = typer.Typer(
@@ -67,20 +67,6 @@ Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bar.")]
 Ways = Annotated[int, typer.Option("--ways", help="N classes per task.")]
 Shots = Annotated[int, typer.Option("--shots", help="K support examples per class.")]
 Queries = Annotated[int, typer.Option("--queries", help="Query examples per class.")]
-
-
-def parse_seeds(text: str) -> tuple[int, ...]:
-    """``a..b`` is every integer from a to b inclusive; otherwise the range/list syntax."""
-    match = re.fullmatch(r"\s*(\d+)\s*\.\.\s*(\d+)\s*", text)
-    if match:
-        lo, hi = int(match.group(1)), int(match.group(2))
-        if hi < lo:
-            raise FobbenchError(f"--seeds: '{text}' is descending (write the smaller seed first)")
-        return tuple(range(lo, hi + 1))
-    values = parse_range(text, "--seeds", kind=int, positive=False)
-    if any(v < 0 for v in values):
-        raise FobbenchError(f"--seeds: '{text}' must be >= 0")
-    return tuple(dict.fromkeys(values))
 
 
 def _config(method: str, methods: str | None, **values: object) -> experiment.TrainConfig:
@@ -132,8 +118,7 @@ def _train(problem_factory, benchmark: str, config: experiment.TrainConfig, thre
     """Shared body of the train commands: writer → loop with progress → table → figures."""
     if out_file is not None and resume is not None:
         raise FobbenchError("give either --out or --resume, not both")
-    if fmt not in ("png", "svg", "pdf"):
-        raise FobbenchError(f"--format: '{fmt}' is not one of png, svg, pdf")
+    check_format(fmt)
     if threads is not None:
         if threads < 1:
             raise FobbenchError(f"--threads must be >= 1 (got {threads})")

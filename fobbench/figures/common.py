@@ -23,6 +23,18 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from fobbench.errors import FobbenchError
+
+FORMATS = ("png", "svg", "pdf")
+"""Figure formats every command writes."""
+
+
+def check_format(fmt: str) -> None:
+    """A one-line FobbenchError for a figure format outside :data:`FORMATS`."""
+    if fmt not in FORMATS:
+        raise FobbenchError(f"--format: '{fmt}' is not one of {', '.join(FORMATS)}")
+
+
 SERIES_KEYS = ("method", "measured_by", "device_name")
 """Columns that separate lines: one line never mixes methods, measurement kinds or devices."""
 
