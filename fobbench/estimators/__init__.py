@@ -18,6 +18,7 @@ meta-gradient averaged over the tasks::
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -66,6 +67,15 @@ def _noise(estimator: Estimator, theta: Params, tasks: int, config: EstimatorCon
     }
 
 
+def _one_at_a_time(estimator: Estimator, theta: Params, loss: LossFn, support: Data, query: Data,
+                   config: EstimatorConfig, noise: Params | None) -> Iterator[Params]:
+    """Each task's estimate in turn; only one task's working set is alive at a time."""
+    for i in range(_task_count(support)):
+        task_noise = None if noise is None else {n: z[i] for n, z in noise.items()}
+        yield estimator.fn(theta, loss, tuple(d[i] for d in support), tuple(d[i] for d in query),
+                           config, task_noise)
+
+
 def per_task(method: str, theta: Params, loss: LossFn, support: Data, query: Data,
              config: EstimatorConfig, batching: str = "vmap", chunk_size: int | None = None,
              generator: torch.Generator | None = None) -> Params:
@@ -88,8 +98,7 @@ def per_task(method: str, theta: Params, loss: LossFn, support: Data, query: Dat
     if chunk_size is not None and chunk_size < 1:
         raise FobbenchError(f"chunk size must be >= 1 (got {chunk_size})")
     theta = detached(theta)
-    tasks = _task_count(support)
-    noise = _noise(estimator, theta, tasks, config, generator)
+    noise = _noise(estimator, theta, _task_count(support), config, generator)
     if batching == "vmap" and estimator.vmappable:
 
         def one(th: Params, s: Data, q: Data, z: Params | None) -> Params:
@@ -97,13 +106,7 @@ def per_task(method: str, theta: Params, loss: LossFn, support: Data, query: Dat
 
         in_dims = (None, 0, 0, 0 if noise is not None else None)
         return torch.func.vmap(one, in_dims=in_dims, chunk_size=chunk_size)(theta, support, query, noise)
-    grads = []
-    for i in range(tasks):
-        task_noise = None if noise is None else {n: z[i] for n, z in noise.items()}
-        grads.append(
-            estimator.fn(theta, loss, tuple(d[i] for d in support), tuple(d[i] for d in query),
-                         config, task_noise)
-        )
+    grads = list(_one_at_a_time(estimator, theta, loss, support, query, config, noise))
     return {n: torch.stack([g[n] for g in grads]) for n in theta}
 
 
@@ -112,7 +115,7 @@ def meta_gradient(method: str, theta: Params, loss: LossFn, support: Data, query
                   generator: torch.Generator | None = None) -> MetaGradient:
     """The meta-gradient of ``method`` averaged over a batch of tasks (see :func:`per_task`).
 
-    In ``loop`` mode the per-task estimates are accumulated one task at a time, so only one
+    In ``loop`` mode the per-task estimates are summed one task at a time, so only one
     task's working set is alive at once (the paper's memory protocol).
     """
     start = time.perf_counter()
@@ -122,10 +125,7 @@ def meta_gradient(method: str, theta: Params, loss: LossFn, support: Data, query
         theta_d = detached(theta)
         noise = _noise(estimator, theta_d, tasks, config, generator)
         total: Params | None = None
-        for i in range(tasks):
-            task_noise = None if noise is None else {n: z[i] for n, z in noise.items()}
-            g = estimator.fn(theta_d, loss, tuple(d[i] for d in support), tuple(d[i] for d in query),
-                             config, task_noise)
+        for g in _one_at_a_time(estimator, theta_d, loss, support, query, config, noise):
             total = g if total is None else {n: total[n] + g[n] for n in g}
             del g
         assert total is not None
