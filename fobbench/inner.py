@@ -72,7 +72,7 @@ def proximal_objective(
 def _objective_grad(
     phi: Params, theta: Params, loss: LossFn, support: Data, query: Data, v: float, lam: float
 ) -> Params:
-    """∇_φ of :func:`proximal_objective`.
+    """∇_φ of :func:`proximal_objective`, functionally (vmappable and differentiable).
 
     The two data terms are differentiated one after the other, so only one data set's
     activations are alive at a time: a perturbed solve (FO-B-MAML) then peaks like an
@@ -85,34 +85,126 @@ def _objective_grad(
     return {n: grad[n] + lam * (phi[n] - theta[n]) for n in grad}
 
 
+def _objective_grad_in_place(
+    phi: Params, theta: Params, loss: LossFn, support: Data, query: Data, v: float, lam: float
+) -> Params:
+    """∇_φ of :func:`proximal_objective` in one gradient buffer per parameter.
+
+    ``phi`` holds leaf tensors that require grad. Each data term is backpropagated on its
+    own and autograd adds the query gradient into the support gradient (``.grad``) tensor by
+    tensor as it is produced, so a perturbed step holds one gradient, not two, beside one
+    data set's activations. The buffers are taken off the leaves and returned.
+    """
+    leaves = list(phi.values())
+    with torch.enable_grad():
+        torch.autograd.backward(loss(phi, support), inputs=leaves)
+        if v != 0.0:
+            torch.autograd.backward(v * loss(phi, query), inputs=leaves)
+    grad: Params = {}
+    with torch.no_grad():
+        for n, p in phi.items():
+            g = p.grad if p.grad is not None else torch.zeros_like(p)
+            p.grad = None
+            grad[n] = g.add_(p - theta[n], alpha=lam)
+    return grad
+
+
+OptimizerState = dict[str, tuple[Tensor, ...]]
+"""Per-parameter optimizer buffers: () for gd, (velocity,) for momentum, (m, s) for adam."""
+
+
+def _initial_state(theta: Params, config: InnerConfig) -> OptimizerState:
+    buffers = {"gd": 0, "momentum": 1, "adam": 2}[config.optimizer]
+    return {n: tuple(torch.zeros_like(p) for _ in range(buffers)) for n, p in theta.items()}
+
+
+def _update(
+    p: Tensor, grad: Tensor, state: tuple[Tensor, ...], step: int, config: InnerConfig
+) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """One optimizer step of one tensor (step counts from 1): its new value and buffers."""
+    lr = config.lr
+    if config.optimizer == "gd":
+        return p - lr * grad, ()
+    if config.optimizer == "momentum":
+        velocity = config.momentum * state[0] + grad
+        return p - lr * velocity, (velocity,)
+    beta1, beta2 = config.betas
+    m = beta1 * state[0] + (1 - beta1) * grad
+    s = beta2 * state[1] + (1 - beta2) * grad**2
+    c1, c2 = 1 - beta1**step, 1 - beta2**step
+    return p - lr * (m / c1) / ((s / c2).sqrt() + config.eps), (m, s)
+
+
+def _update_in_place(p: Tensor, grad: Tensor, state: tuple[Tensor, ...], step: int,
+                     config: InnerConfig) -> None:
+    """:func:`_update` written back into ``p`` and its buffers; temporaries die on return."""
+    value, buffers = _update(p, grad, state, step, config)
+    p.copy_(value)
+    for old, new in zip(state, buffers):
+        old.copy_(new)
+
+
+def _needs_graph(theta: Params) -> bool:
+    """True when the solve must stay functional: inside a torch.func transform (vmap over
+    tasks, MAML's grad through the solver) or when θ carries autograd history."""
+    in_transform = torch._C._functorch.maybe_current_level() is not None
+    return in_transform or (torch.is_grad_enabled() and any(p.requires_grad for p in theta.values()))
+
+
+def loss_gradient(loss: LossFn, params: Params, data: Data) -> Params:
+    """∇ of ``loss(params, data)`` with respect to ``params``.
+
+    Inside torch.func transforms or when ``params`` carry history: ``torch.func.grad``
+    (composable; it keeps every saved activation until the backward ends, since it always
+    builds a differentiable graph). Otherwise plain autograd, which frees each activation
+    as soon as the backward has used it, so a first-order method's query gradient peaks
+    like one training step.
+    """
+    if _needs_graph(params):
+        return torch.func.grad(loss)(params, data)
+    leaves = {n: p.detach().requires_grad_() for n, p in params.items()}
+    with torch.enable_grad():
+        grads = torch.autograd.grad(loss(leaves, data), list(leaves.values()), allow_unused=True)
+    return {n: g if g is not None else torch.zeros_like(leaves[n]) for n, g in zip(leaves, grads)}
+
+
+def _solve_functional(
+    theta: Params, loss: LossFn, support: Data, query: Data, v: float, config: InnerConfig
+) -> Params:
+    phi, state = dict(theta), _initial_state(theta, config)
+    for step in range(1, config.steps + 1):
+        grad = _objective_grad(phi, theta, loss, support, query, v, config.lam)
+        updated = {n: _update(phi[n], grad[n], state[n], step, config) for n in phi}
+        phi = {n: value for n, (value, _) in updated.items()}
+        state = {n: buffers for n, (_, buffers) in updated.items()}
+    return phi
+
+
+def _solve_in_place(
+    theta: Params, loss: LossFn, support: Data, query: Data, v: float, config: InnerConfig
+) -> Params:
+    phi = {n: p.detach().clone().requires_grad_() for n, p in theta.items()}
+    state = _initial_state(theta, config)
+    for step in range(1, config.steps + 1):
+        grad = _objective_grad_in_place(phi, theta, loss, support, query, v, config.lam)
+        with torch.no_grad():
+            for n, p in phi.items():
+                _update_in_place(p, grad[n], state[n], step, config)
+        del grad  # freed before the next step's backward allocates a new one
+    return {n: p.detach() for n, p in phi.items()}
+
+
 def solve(
     theta: Params, loss: LossFn, support: Data, query: Data, v: float, config: InnerConfig
 ) -> Params:
     """K optimizer steps on the proximal objective from φ₀ = θ; returns φ_K.
 
-    Pure and differentiable in θ: MAML differentiates through it, first-order methods call
-    it on detached θ and keep only the returned parameters.
+    Pure and differentiable in θ inside torch.func transforms (MAML differentiates through
+    it, vmap batches it over tasks) and whenever θ requires grad. Otherwise (a first-order
+    method's solve, one task at a time) the same steps run in place on one copy of θ with
+    one gradient buffer, so the solve's working set is φ, ∇φ and one data set's
+    activations; both paths give the same iterates up to rounding.
     """
-    phi = dict(theta)
-    lr = config.lr
-    if config.optimizer == "gd":
-        for _ in range(config.steps):
-            grad = _objective_grad(phi, theta, loss, support, query, v, config.lam)
-            phi = {n: phi[n] - lr * grad[n] for n in phi}
-    elif config.optimizer == "momentum":
-        velocity = {n: torch.zeros_like(p) for n, p in phi.items()}
-        for _ in range(config.steps):
-            grad = _objective_grad(phi, theta, loss, support, query, v, config.lam)
-            velocity = {n: config.momentum * velocity[n] + grad[n] for n in phi}
-            phi = {n: phi[n] - lr * velocity[n] for n in phi}
-    else:
-        beta1, beta2 = config.betas
-        m = {n: torch.zeros_like(p) for n, p in phi.items()}
-        s = {n: torch.zeros_like(p) for n, p in phi.items()}
-        for step in range(1, config.steps + 1):
-            grad = _objective_grad(phi, theta, loss, support, query, v, config.lam)
-            m = {n: beta1 * m[n] + (1 - beta1) * grad[n] for n in phi}
-            s = {n: beta2 * s[n] + (1 - beta2) * grad[n] ** 2 for n in phi}
-            c1, c2 = 1 - beta1**step, 1 - beta2**step
-            phi = {n: phi[n] - lr * (m[n] / c1) / ((s[n] / c2).sqrt() + config.eps) for n in phi}
-    return phi
+    if _needs_graph(theta):
+        return _solve_functional(theta, loss, support, query, v, config)
+    return _solve_in_place(theta, loss, support, query, v, config)

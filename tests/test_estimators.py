@@ -346,3 +346,24 @@ def test_vmap_and_loop_agree_on_a_batchnorm_model(method: str) -> None:
         for batching in ("vmap", "loop")
     }
     assert relative_error(grads["vmap"], grads["loop"]) < 1e-5
+
+
+@pytest.mark.parametrize("method", list(REGISTRY))
+def test_accumulate_adds_exactly_the_per_task_estimate(method: str) -> None:
+    """``accumulate`` (the in-place sum that ``loop`` batching uses; FO-B-MAML folds each
+    solution in as soon as it has it) adds what the per-task function returns."""
+    model, support, query = _batchnorm_problem()
+    theta = {n: p.detach() for n, p in model.named_parameters()}
+    loss = classification_loss(model)
+    config = EstimatorConfig(inner=InnerConfig(steps=3, lr=0.1, lam=LAM), nu=0.05, cg_steps=3, es_samples=2)
+    task_support, task_query = tuple(d[0] for d in support), tuple(d[0] for d in query)
+    noise = {n: torch.randn((2, *p.shape), generator=torch.Generator().manual_seed(1), dtype=F64)
+             for n, p in theta.items()}
+    estimator = REGISTRY[method]
+    expected = estimator.fn(theta, loss, task_support, task_query, config, noise)
+    start = {n: torch.full_like(p, 0.5) for n, p in theta.items()}
+    total = {n: v.clone() for n, v in start.items()}
+    estimator.accumulate(theta, loss, task_support, task_query, config, noise, total)
+    added = {n: total[n] - start[n] for n in theta}
+    assert relative_error(added, expected) < 1e-9
+    assert float(sum(v.abs().sum() for v in expected.values())) > 0

@@ -277,3 +277,22 @@ def test_cuda_out_of_memory_is_recorded_and_released() -> None:
     assert torch.cuda.memory_allocated() == before
     fob, _ = measure_point(settings, point, "fobmaml-sym")  # tens of MiB: fits under the same limit
     assert fob.status == "ok" and fob.peak_bytes < 256 * 2**20
+
+
+@pytest.mark.parametrize("seq", [32, 512])
+def test_fobmaml_sym_peaks_like_fomaml_on_the_default_transformer(seq: int) -> None:
+    """The paper's claim at the defaults of `fobbench memory --arch transformer` (App. D.5).
+
+    FO-B-MAML-sym holds at most one parameter-sized buffer more than FO-MAML: its first
+    solution is folded into the meta-gradient buffer before the second solve, and the query
+    term's gradient is added into the support term's in place. Hence within 1.25× even at
+    the shortest sequence, where parameters weigh most against activations.
+    """
+    settings = MemorySettings(arch="transformer")
+    point = {"d_model": 128, "seq": seq}
+    fomaml, _ = measure_point(settings, point, "fomaml")
+    sym, _ = measure_point(settings, point, "fobmaml-sym")
+    parameters = sum(p.numel() * p.element_size() for p in build(settings, point, "meta").model.parameters())
+    assert fomaml.status == sym.status == "ok"
+    assert sym.peak_bytes - fomaml.peak_bytes < parameters
+    assert sym.peak_bytes / fomaml.peak_bytes <= 1.25

@@ -25,13 +25,21 @@ import torch
 
 from fobbench.errors import FobbenchError
 from fobbench.estimators import esmaml, exact, fobmaml, fomaml, imaml, maml, reptile  # noqa: F401
-from fobbench.estimators.base import REGISTRY, Estimator, EstimatorConfig, get, parse_methods, register
-from fobbench.params import Data, LossFn, Params, detached
+from fobbench.estimators.base import (
+    REGISTRY,
+    Estimator,
+    EstimatorConfig,
+    accumulates,
+    get,
+    parse_methods,
+    register,
+)
+from fobbench.params import Data, LossFn, Params, detached, zeros_like
 
 BATCHING = ("vmap", "loop")
 
 __all__ = [
-    "BATCHING", "REGISTRY", "Estimator", "EstimatorConfig", "MetaGradient", "get",
+    "BATCHING", "REGISTRY", "Estimator", "EstimatorConfig", "MetaGradient", "accumulates", "get",
     "meta_gradient", "parse_methods", "per_task", "register",
 ]
 
@@ -67,13 +75,12 @@ def _noise(estimator: Estimator, theta: Params, tasks: int, config: EstimatorCon
     }
 
 
-def _one_at_a_time(estimator: Estimator, theta: Params, loss: LossFn, support: Data, query: Data,
-                   config: EstimatorConfig, noise: Params | None) -> Iterator[Params]:
-    """Each task's estimate in turn; only one task's working set is alive at a time."""
+def _tasks(support: Data, query: Data, noise: Params | None
+           ) -> Iterator[tuple[Data, Data, Params | None]]:
+    """Each task's support, query and ES-MAML directions, in turn."""
     for i in range(_task_count(support)):
         task_noise = None if noise is None else {n: z[i] for n, z in noise.items()}
-        yield estimator.fn(theta, loss, tuple(d[i] for d in support), tuple(d[i] for d in query),
-                           config, task_noise)
+        yield tuple(d[i] for d in support), tuple(d[i] for d in query), task_noise
 
 
 def per_task(method: str, theta: Params, loss: LossFn, support: Data, query: Data,
@@ -106,7 +113,7 @@ def per_task(method: str, theta: Params, loss: LossFn, support: Data, query: Dat
 
         in_dims = (None, 0, 0, 0 if noise is not None else None)
         return torch.func.vmap(one, in_dims=in_dims, chunk_size=chunk_size)(theta, support, query, noise)
-    grads = list(_one_at_a_time(estimator, theta, loss, support, query, config, noise))
+    grads = [estimator.fn(theta, loss, s, q, config, z) for s, q, z in _tasks(support, query, noise)]
     return {n: torch.stack([g[n] for g in grads]) for n in theta}
 
 
@@ -115,8 +122,9 @@ def meta_gradient(method: str, theta: Params, loss: LossFn, support: Data, query
                   generator: torch.Generator | None = None) -> MetaGradient:
     """The meta-gradient of ``method`` averaged over a batch of tasks (see :func:`per_task`).
 
-    In ``loop`` mode the per-task estimates are summed one task at a time, so only one
-    task's working set is alive at once (the paper's memory protocol).
+    In ``loop`` mode the tasks are added one at a time into one meta-gradient buffer,
+    allocated first, so only one task's working set is alive at once (the paper's memory
+    protocol); FO-B-MAML adds each of its solutions as soon as it has it.
     """
     start = time.perf_counter()
     tasks = _task_count(support)
@@ -124,12 +132,11 @@ def meta_gradient(method: str, theta: Params, loss: LossFn, support: Data, query
         estimator = get(method)
         theta_d = detached(theta)
         noise = _noise(estimator, theta_d, tasks, config, generator)
-        total: Params | None = None
-        for g in _one_at_a_time(estimator, theta_d, loss, support, query, config, noise):
-            total = g if total is None else {n: total[n] + g[n] for n in g}
-            del g
-        assert total is not None
-        grad = {n: v / tasks for n, v in total.items()}
+        grad = zeros_like(theta_d)
+        for s, q, z in _tasks(support, query, noise):
+            estimator.accumulate(theta_d, loss, s, q, config, z, grad)
+        for value in grad.values():
+            value.div_(tasks)
     else:
         stacked = per_task(method, theta, loss, support, query, config, batching, chunk_size, generator)
         grad = {n: v.mean(dim=0) for n, v in stacked.items()}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from fobbench.errors import FobbenchError
 from fobbench.inner import InnerConfig
@@ -45,6 +45,10 @@ class EstimatorConfig:
 PerTaskFn = Callable[[Params, LossFn, Data, Data, EstimatorConfig, "Params | None"], Params]
 """``fn(θ, loss, support, query, config, noise) -> meta-gradient of one task``."""
 
+AccumulateFn = Callable[[Params, LossFn, Data, Data, EstimatorConfig, "Params | None", Params], None]
+"""``fn(θ, loss, support, query, config, noise, total)``: adds one task's meta-gradient into
+``total`` in place."""
+
 
 @dataclass(frozen=True)
 class Estimator:
@@ -59,6 +63,8 @@ class Estimator:
         vmappable: False when the method has data-dependent control flow.
         needs_noise: True for ES-MAML: Gaussian directions are drawn outside the per-task
             function from a seeded generator, so vmap and loop see the same ones.
+        accumulate_fn: adds the estimate into a running sum in place, folding partial results
+            in early (see :meth:`accumulate`); None: add the result of ``fn``.
     """
 
     name: str
@@ -67,6 +73,23 @@ class Estimator:
     order: str
     vmappable: bool = True
     needs_noise: bool = False
+    accumulate_fn: AccumulateFn | None = None
+
+    def accumulate(self, theta: Params, loss: LossFn, support: Data, query: Data,
+                   config: EstimatorConfig, noise: Params | None, total: Params) -> None:
+        """Add one task's estimate into ``total`` (the meta-gradient buffer) in place.
+
+        This is how tasks are summed one at a time. A method whose estimate is a sum of
+        solve results (FO-B-MAML) adds each one as soon as it is computed, so it never
+        holds two solutions at once (paper §5.3: "computing the first estimate and then
+        accumulating the second").
+        """
+        if self.accumulate_fn is not None:
+            self.accumulate_fn(theta, loss, support, query, config, noise, total)
+            return
+        estimate = self.fn(theta, loss, support, query, config, noise)
+        for name, value in total.items():
+            value.add_(estimate[name])
 
 
 REGISTRY: dict[str, Estimator] = {}
@@ -78,6 +101,19 @@ def register(name: str, summary: str, order: str, vmappable: bool = True,
 
     def wrap(fn: PerTaskFn) -> PerTaskFn:
         REGISTRY[name] = Estimator(name, fn, summary, order, vmappable, needs_noise)
+        return fn
+
+    return wrap
+
+
+def accumulates(name: str) -> Callable[[AccumulateFn], AccumulateFn]:
+    """Decorator giving the registered method ``name`` an in-place accumulating form.
+
+    It must add exactly what ``fn`` returns (tests check both forms agree).
+    """
+
+    def wrap(fn: AccumulateFn) -> AccumulateFn:
+        REGISTRY[name] = replace(REGISTRY[name], accumulate_fn=fn)
         return fn
 
     return wrap

@@ -1,14 +1,22 @@
 """FO-B-MAML: finite differences of perturbed proximal solutions, eqs. (12) and (13).
 
-The two inner problems are solved one after the other; only their resulting parameters
-are kept between the calls, so the peak memory is that of a single inner solve.
+The two inner problems are solved one after the other. Summed over tasks (``loop``
+batching) each solution is added into the meta-gradient buffer as soon as it is solved,
+so only one solution is ever held; the per-task form keeps both and subtracts them.
 """
 
 from __future__ import annotations
 
-from fobbench.estimators.base import EstimatorConfig, register
+from fobbench.estimators.base import EstimatorConfig, accumulates, register
 from fobbench.inner import solve
 from fobbench.params import Data, LossFn, Params
+
+
+def _fold(total: Params, phi: Params, theta: Params, scale: float) -> None:
+    """total += scale·(φ − θ), in place. Both terms are taken relative to θ so that the
+    difference of the two solutions loses no more precision than subtracting them directly."""
+    for name, value in total.items():
+        value.add_(phi[name] - theta[name], alpha=scale)
 
 
 @register("fobmaml-forward", "−λ(φ_ν − φ_0)/ν, eq. (12)", order="first")
@@ -21,6 +29,15 @@ def fobmaml_forward(theta: Params, loss: LossFn, support: Data, query: Data,
     return {n: (-lam / nu) * (phi_nu[n] - phi_0[n]) for n in theta}
 
 
+@accumulates("fobmaml-forward")
+def fobmaml_forward_into(theta: Params, loss: LossFn, support: Data, query: Data,
+                         config: EstimatorConfig, noise: Params | None, total: Params) -> None:
+    """total += eq. (12), one solution at a time."""
+    scale = config.inner.lam / config.nu
+    _fold(total, solve(theta, loss, support, query, config.nu, config.inner), theta, -scale)
+    _fold(total, solve(theta, loss, support, query, 0.0, config.inner), theta, scale)
+
+
 @register("fobmaml-sym", "−λ(φ_ν − φ_−ν)/(2ν), eq. (13)", order="first")
 def fobmaml_sym(theta: Params, loss: LossFn, support: Data, query: Data,
                 config: EstimatorConfig, noise: Params | None = None) -> Params:
@@ -29,3 +46,12 @@ def fobmaml_sym(theta: Params, loss: LossFn, support: Data, query: Data,
     phi_plus = solve(theta, loss, support, query, nu, config.inner)
     phi_minus = solve(theta, loss, support, query, -nu, config.inner)
     return {n: (-lam / (2 * nu)) * (phi_plus[n] - phi_minus[n]) for n in theta}
+
+
+@accumulates("fobmaml-sym")
+def fobmaml_sym_into(theta: Params, loss: LossFn, support: Data, query: Data,
+                     config: EstimatorConfig, noise: Params | None, total: Params) -> None:
+    """total += eq. (13), one solution at a time."""
+    scale = config.inner.lam / (2 * config.nu)
+    _fold(total, solve(theta, loss, support, query, config.nu, config.inner), theta, -scale)
+    _fold(total, solve(theta, loss, support, query, -config.nu, config.inner), theta, scale)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import torch
-
 from fobbench.estimators.base import EstimatorConfig, register
-from fobbench.inner import solve
+from fobbench.inner import loss_gradient, solve
 from fobbench.params import Data, LossFn, Params
 
 
@@ -14,4 +12,4 @@ def fomaml(theta: Params, loss: LossFn, support: Data, query: Data, config: Esti
            noise: Params | None = None) -> Params:
     """∇f(φ_K): ignores the Jacobian of the inner solver."""
     phi = solve(theta, loss, support, query, 0.0, config.inner)
-    return torch.func.grad(loss)(phi, query)
+    return loss_gradient(loss, phi, query)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from fobbench.estimators.base import EstimatorConfig, register
-from fobbench.inner import solve
+from fobbench.inner import loss_gradient, solve
 from fobbench.params import Data, LossFn, Params, dot, zeros_like
 
 
@@ -47,7 +47,7 @@ def imaml(theta: Params, loss: LossFn, support: Data, query: Data, config: Estim
     non-positive curvature.
     """
     phi = solve(theta, loss, support, query, 0.0, config.inner)
-    rhs = torch.func.grad(loss)(phi, query)
+    rhs = loss_gradient(loss, phi, query)
     lam = config.inner.lam
     train_grad = torch.func.grad(loss)
 
