@@ -13,8 +13,9 @@ from rich.table import Table
 
 from fobbench.cli.app import app
 from fobbench.errors import FobbenchError
-from fobbench.estimators import parse_methods
+from fobbench.estimators import BATCHING, parse_methods
 from fobbench.experiments import memory as experiment
+from fobbench.figures.common import FORMATS
 from fobbench.progress import console, out, progress
 from fobbench.ranges import parse_range
 from fobbench.results import ResultWriter, default_path, read_results
@@ -37,15 +38,8 @@ class Sdpa(str, Enum):
     math = "math"
 
 
-class Batching(str, Enum):
-    loop = "loop"
-    vmap = "vmap"
-
-
-class Fmt(str, Enum):
-    png = "png"
-    svg = "svg"
-    pdf = "pdf"
+Batching = Enum("Batching", {name: name for name in BATCHING}, type=str)
+Fmt = Enum("Fmt", {name: name for name in FORMATS}, type=str)
 
 
 def _sizes(arch: str, channels: str | None, d_model: str | None, seq: str | None) -> dict[str, list[int]]:
@@ -109,7 +103,7 @@ def memory(
     sdpa: Annotated[Sdpa, typer.Option(
         "--sdpa", help="Attention kernel; MAML/iMAML always use math (recorded).")] = Sdpa.default,
     batching: Annotated[Batching, typer.Option(
-        "--batching", help="loop: tasks one at a time (paper); vmap: all tasks batched.")] = Batching.loop,
+        "--batching", help="loop: tasks one at a time (paper); vmap: all tasks batched.")] = Batching["loop"],
     tasks: Annotated[int, typer.Option(
         "--tasks", help="Tasks in the meta-batch (with loop batching the peak is per task).")] = 1,
     batch: Annotated[int, typer.Option(
@@ -137,7 +131,7 @@ def memory(
         "--resume", help="Continue this results CSV, skipping finished points.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
     no_plot: Annotated[bool, typer.Option("--no-plot", help="Do not draw figures beside the CSV.")] = False,
-    fmt: Annotated[Fmt, typer.Option("--format", help="Figure format.")] = Fmt.png,
+    fmt: Annotated[Fmt, typer.Option("--format", help="Figure format.")] = Fmt["png"],
 ) -> None:
     """Peak memory of one full meta-gradient update per method as the model grows (paper Fig. 3, 6).
 
