@@ -144,23 +144,16 @@ def _update_in_place(p: Tensor, grad: Tensor, state: tuple[Tensor, ...], step: i
         old.copy_(new)
 
 
-def _needs_graph(theta: Params) -> bool:
-    """True when the solve must stay functional: inside a torch.func transform (vmap over
-    tasks, MAML's grad through the solver) or when θ carries autograd history."""
-    in_transform = torch._C._functorch.maybe_current_level() is not None
-    return in_transform or (torch.is_grad_enabled() and any(p.requires_grad for p in theta.values()))
-
-
-def loss_gradient(loss: LossFn, params: Params, data: Data) -> Params:
+def loss_gradient(loss: LossFn, params: Params, data: Data, *, in_place: bool = False) -> Params:
     """∇ of ``loss(params, data)`` with respect to ``params``.
 
-    Inside torch.func transforms or when ``params`` carry history: ``torch.func.grad``
-    (composable; it keeps every saved activation until the backward ends, since it always
-    builds a differentiable graph). Otherwise plain autograd, which frees each activation
-    as soon as the backward has used it, so a first-order method's query gradient peaks
-    like one training step.
+    Default: ``torch.func.grad`` (composable with vmap/grad; it keeps every saved activation
+    until the backward ends, since it always builds a differentiable graph). ``in_place=True``
+    (the caller runs one task at a time, outside any torch.func transform, on detached
+    ``params``): plain autograd, which frees each activation as soon as the backward has used
+    it, so a first-order method's query gradient peaks like one training step.
     """
-    if _needs_graph(params):
+    if not in_place:
         return torch.func.grad(loss)(params, data)
     leaves = {n: p.detach().requires_grad_() for n, p in params.items()}
     with torch.enable_grad():
@@ -195,16 +188,18 @@ def _solve_in_place(
 
 
 def solve(
-    theta: Params, loss: LossFn, support: Data, query: Data, v: float, config: InnerConfig
+    theta: Params, loss: LossFn, support: Data, query: Data, v: float, config: InnerConfig,
+    *, in_place: bool = False,
 ) -> Params:
     """K optimizer steps on the proximal objective from φ₀ = θ; returns φ_K.
 
-    Pure and differentiable in θ inside torch.func transforms (MAML differentiates through
-    it, vmap batches it over tasks) and whenever θ requires grad. Otherwise (a first-order
-    method's solve, one task at a time) the same steps run in place on one copy of θ with
-    one gradient buffer, so the solve's working set is φ, ∇φ and one data set's
-    activations; both paths give the same iterates up to rounding.
+    Default: pure and differentiable in θ, so it composes with torch.func transforms (MAML
+    differentiates through it, vmap batches it over tasks) and with autograd. ``in_place=True``
+    (chosen by the batching code for a first-order method's solve, one task at a time,
+    outside any transform): the same steps run in place on one detached copy of θ with one
+    gradient buffer, so the solve's working set is φ, ∇φ and one data set's activations;
+    both paths give the same iterates up to rounding.
     """
-    if _needs_graph(theta):
+    if not in_place:
         return _solve_functional(theta, loss, support, query, v, config)
     return _solve_in_place(theta, loss, support, query, v, config)

@@ -70,11 +70,12 @@ def _mlp_problem(seed: int = 0):
 @pytest.mark.parametrize("optimizer", ["gd", "momentum", "adam"])
 @pytest.mark.parametrize("v", [0.0, 0.3, -0.3])
 def test_in_place_solve_equals_the_functional_solve(optimizer: str, v: float) -> None:
-    """Outside torch.func the solver updates one copy of θ in place with one gradient buffer;
-    inside vmap it is the pure functional solver. Same iterates up to rounding."""
+    """With in_place=True (one task, outside torch.func) the solver updates one copy of θ in
+    place with one gradient buffer; inside vmap it is the pure functional solver. Same
+    iterates up to rounding."""
     loss, theta, support, query = _mlp_problem()
     config = InnerConfig(steps=6, lr=0.2, lam=2.0, optimizer=optimizer)
-    in_place = solve(theta, loss, support, query, v, config)
+    in_place = solve(theta, loss, support, query, v, config, in_place=True)
     batched = torch.func.vmap(lambda s, q: solve(theta, loss, s, q, v, config))(
         tuple(t.unsqueeze(0) for t in support), tuple(t.unsqueeze(0) for t in query))
     moved = sum(float((in_place[n] - theta[n]).norm()) for n in theta)
@@ -111,7 +112,7 @@ def test_loss_gradient_equals_func_grad_and_frees_activations_early() -> None:
     theta = {n: p.detach() for n, p in model.named_parameters()}
     data = (torch.randn(256, 64), torch.randint(0, 3, (256,)))
     peaks, grads = {}, {}
-    for name, fn in (("eager", lambda: loss_gradient(loss, theta, data)),
+    for name, fn in (("eager", lambda: loss_gradient(loss, theta, data, in_place=True)),
                      ("func", lambda: torch.func.grad(loss)(theta, data))):
         tracker = LiveStorageTracker()
         with tracker:

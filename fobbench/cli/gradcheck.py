@@ -13,7 +13,7 @@ from rich.table import Table
 
 from fobbench.cli.app import app
 from fobbench.errors import FobbenchError
-from fobbench.estimators import parse_methods
+from fobbench.estimators import names, parse_methods
 from fobbench.experiments import gradcheck as experiment
 from fobbench.progress import console, out, progress
 from fobbench.ranges import parse_range, parse_seeds
@@ -77,8 +77,7 @@ def gradcheck(
         "--experiments", help="all, or a comma list of error_vs_k, outer_loss, error_vs_nu, lambda, rates."
     )] = ",".join(experiment.DEFAULT_EXPERIMENTS),
     methods: Annotated[str, typer.Option(
-        "--methods", help="Comma-separated estimators, or all (maml, fomaml, reptile, imaml, esmaml, "
-        "fobmaml-forward, fobmaml-sym, exact)."
+        "--methods", help=f"Comma-separated estimators, or all ({', '.join(names())})."
     )] = "all",
     k: Annotated[str, typer.Option("--k", help="Inner steps K of error_vs_k (range syntax).")]
     = "1,2,5,10,20,50,100",
@@ -89,8 +88,9 @@ def gradcheck(
     nu_k: Annotated[str, typer.Option("--nu-k", help="K values of error_vs_nu and the δ-rate fit.")]
     = "5,10,20,50,100",
     lam_grid: Annotated[str, typer.Option("--lam-grid", help="λ values of the lambda sweep.")] = "0.1..10@9",
-    rate_nu: Annotated[str, typer.Option("--rate-nu", help="ν values of the slope fit with a near-exact "
-                                         "inner solve.")] = "1e-3..1e-1@9",
+    rate_nu: Annotated[str | None, typer.Option(
+        "--rate-nu", help="ν values of the slope fit with a near-exact inner solve (default: each method's "
+        "registered span, else 1e-3..1e-1@9).")] = None,
     rate_delta: Annotated[str, typer.Option("--rate-delta", help="δ values of the perturbed-solution "
                                             "rate fit.")] = "1e-12..1e-4@9",
     train_k: Annotated[int, typer.Option("--train-k", help="Inner steps K of outer_loss.")] = 20,
@@ -137,14 +137,14 @@ def gradcheck(
         raise FobbenchError(f"--threads must be >= 1 (got {threads})")
     config = experiment.GradcheckConfig(
         experiments=experiment.parse_experiments(experiments),
-        methods=tuple(parse_methods(",".join(experiment.REGISTRY) if methods == "all" else methods)),
+        methods=tuple(parse_methods(methods)),
         ks=tuple(parse_range(k, "--k", int)),
         nu=nu,
         lam=lam,
         nu_grid=tuple(parse_range(nu_grid, "--nu-grid", float)),
         nu_ks=tuple(parse_range(nu_k, "--nu-k", int)),
         lam_grid=tuple(parse_range(lam_grid, "--lam-grid", float)),
-        rate_nus=tuple(parse_range(rate_nu, "--rate-nu", float)),
+        rate_nus=None if rate_nu is None else tuple(parse_range(rate_nu, "--rate-nu", float)),
         rate_deltas=tuple(parse_range(rate_delta, "--rate-delta", float)),
         train_k=train_k,
         iters=iters,

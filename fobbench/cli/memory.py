@@ -13,14 +13,12 @@ from rich.table import Table
 
 from fobbench.cli.app import app
 from fobbench.errors import FobbenchError
-from fobbench.estimators import BATCHING, parse_methods
+from fobbench.estimators import BATCHING, names, parse_methods
 from fobbench.experiments import memory as experiment
 from fobbench.figures.common import FORMATS
 from fobbench.progress import console, out, progress
 from fobbench.ranges import parse_range
 from fobbench.results import ResultWriter, default_path, read_results
-
-ALL_METHODS = "maml,imaml,fomaml,reptile,fobmaml-forward,fobmaml-sym,esmaml"
 
 
 class Arch(str, Enum):
@@ -93,7 +91,8 @@ def memory(
         "--d-model", help="Transformer width (default 128; sweep e.g. 64..512).")] = None,
     seq: Annotated[str | None, typer.Option(
         "--seq", help="Sequence length (default 32..512; 128 when --d-model is swept).")] = None,
-    methods: Annotated[str, typer.Option("--methods", help="Comma-separated methods.")] = ALL_METHODS,
+    methods: Annotated[str, typer.Option("--methods", help="Comma-separated methods, or all "
+                                         f"({', '.join(names(trainable=True))}).")] = "all",
     device: Annotated[Device, typer.Option(
         "--device", help="cpu: live-tensor accounting; cuda: max_memory_allocated.")] = Device.cpu,
     estimate: Annotated[bool, typer.Option(
@@ -154,7 +153,7 @@ def memory(
         cg_steps=cg_steps, es_samples=es_samples, es_sigma=es_sigma, outer_lr=outer_lr,
         batching=batching.value, sdpa=sdpa.value, limit_mib=limit, seed=seed,
     )
-    names = parse_methods(methods, "--methods", allow_exact=False)
+    chosen = parse_methods(methods, "--methods", allow_exact=False)
     sweep, points = experiment.sweep_points(arch.value, _sizes(arch.value, channels, d_model, seq))
     settings.check(points)
     if backend == "cuda":
@@ -167,8 +166,8 @@ def memory(
     hashed = settings.hashed()
     rows: list[experiment.Row] = []
     with progress(quiet) as bar:
-        task = bar.add_task(settings.benchmark, total=len(points) * len(names))
-        stream = experiment.run(settings, points, names, sweep,
+        task = bar.add_task(settings.benchmark, total=len(points) * len(chosen))
+        stream = experiment.run(settings, points, chosen, sweep,
                                 skip=lambda method, point: writer.is_done(method, point, hashed, seed))
         for row in stream:
             if row is not None:

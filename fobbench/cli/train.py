@@ -13,7 +13,7 @@ from rich.table import Table
 
 from fobbench.cli.app import app
 from fobbench.errors import FobbenchError
-from fobbench.estimators import EstimatorConfig, parse_methods
+from fobbench.estimators import EstimatorConfig, names, parse_methods
 from fobbench.experiments import train as experiment
 from fobbench.figures import train as figures
 from fobbench.figures.common import check_format
@@ -32,8 +32,7 @@ app.add_typer(train_app, name="train")
 # Options shared by both problems (typed once, used in both signatures).
 Method = Annotated[str, typer.Option("--method", help="One estimator (ignored when --methods is given).")]
 Methods = Annotated[str | None, typer.Option(
-    "--methods", help="Comma-separated estimators side by side, e.g. fobmaml-sym,maml,fomaml,reptile,imaml "
-    "(any of the registry but exact).")]
+    "--methods", help=f"Comma-separated estimators side by side, or all ({', '.join(names(trainable=True))}).")]
 Iterations = Annotated[int, typer.Option("--iterations", help="Meta-iterations T (outer steps).")]
 MetaBatch = Annotated[int, typer.Option("--meta-batch", help="Tasks per meta-gradient.")]
 InnerLr = Annotated[float, typer.Option("--inner-lr", help="Inner step size α of every method.")]
@@ -70,14 +69,14 @@ Queries = Annotated[int, typer.Option("--queries", help="Query examples per clas
 
 
 def _config(method: str, methods: str | None, **values: object) -> experiment.TrainConfig:
-    names = parse_methods(methods if methods else method, "--methods" if methods else "--method",
+    chosen = parse_methods(methods if methods else method, "--methods" if methods else "--method",
                           allow_exact=False)
     inner = InnerConfig(steps=values.pop("inner_steps"), lr=values.pop("inner_lr"),  # type: ignore[arg-type]
                         lam=values.pop("lam"), optimizer=values.pop("inner_optimizer"))  # type: ignore[arg-type]
     estimator = EstimatorConfig(inner=inner, nu=values.pop("nu"), cg_steps=values.pop("cg_steps"),  # type: ignore[arg-type]
                                 es_samples=values.pop("es_samples"), es_sigma=values.pop("es_sigma"))  # type: ignore[arg-type]
     seeds = parse_seeds(str(values.pop("seeds")))
-    return experiment.TrainConfig(methods=tuple(dict.fromkeys(names)), estimator=estimator, seeds=seeds,
+    return experiment.TrainConfig(methods=tuple(dict.fromkeys(chosen)), estimator=estimator, seeds=seeds,
                                   **values)  # type: ignore[arg-type]
 
 

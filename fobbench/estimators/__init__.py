@@ -17,21 +17,26 @@ meta-gradient averaged over the tasks::
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from fobbench.errors import FobbenchError
-from fobbench.estimators import esmaml, exact, fobmaml, fomaml, imaml, maml, reptile  # noqa: F401
 from fobbench.estimators.base import (
     REGISTRY,
     Estimator,
     EstimatorConfig,
+    FloorPasses,
     accumulates,
     get,
+    hyperparameter_help,
+    names,
     parse_methods,
+    rank_of,
     register,
 )
 from fobbench.params import Data, LossFn, Params, detached, zeros_like
@@ -39,9 +44,15 @@ from fobbench.params import Data, LossFn, Params, detached, zeros_like
 BATCHING = ("vmap", "loop")
 
 __all__ = [
-    "BATCHING", "REGISTRY", "Estimator", "EstimatorConfig", "MetaGradient", "accumulates", "get",
-    "meta_gradient", "parse_methods", "per_task", "register",
+    "BATCHING", "REGISTRY", "Estimator", "EstimatorConfig", "FloorPasses", "MetaGradient", "accumulates",
+    "get", "hyperparameter_help", "meta_gradient", "names", "parse_methods", "per_task", "rank_of", "register",
 ]
+
+# Every module of this package registers its method on import: adding an estimator is adding
+# a module (the registry, CLI choices, tables and figures pick it up from there).
+for _module in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+    if _module.name != "base":
+        importlib.import_module(f"{__name__}.{_module.name}")
 
 
 @dataclass(frozen=True)
@@ -107,12 +118,15 @@ def per_task(method: str, theta: Params, loss: LossFn, support: Data, query: Dat
     theta = detached(theta)
     noise = _noise(estimator, theta, _task_count(support), config, generator)
     if batching == "vmap" and estimator.vmappable:
+        config = replace(config, in_place=False)
 
         def one(th: Params, s: Data, q: Data, z: Params | None) -> Params:
             return estimator.fn(th, loss, s, q, config, z)
 
         in_dims = (None, 0, 0, 0 if noise is not None else None)
         return torch.func.vmap(one, in_dims=in_dims, chunk_size=chunk_size)(theta, support, query, noise)
+    # One task at a time on detached θ, outside any transform: in-place solves are allowed.
+    config = replace(config, in_place=True)
     grads = [estimator.fn(theta, loss, s, q, config, z) for s, q, z in _tasks(support, query, noise)]
     return {n: torch.stack([g[n] for g in grads]) for n in theta}
 
@@ -133,6 +147,7 @@ def meta_gradient(method: str, theta: Params, loss: LossFn, support: Data, query
         theta_d = detached(theta)
         noise = _noise(estimator, theta_d, tasks, config, generator)
         grad = zeros_like(theta_d)
+        config = replace(config, in_place=True)  # one task at a time, outside any transform
         for s, q, z in _tasks(support, query, noise):
             estimator.accumulate(theta_d, loss, s, q, config, z, grad)
         for value in grad.values():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 from fobbench.errors import FobbenchError
 from fobbench.inner import InnerConfig
@@ -22,14 +23,18 @@ class EstimatorConfig:
         es_samples: antithetic Gaussian directions of ES-MAML (default 16).
         es_sigma: smoothing radius σ of ES-MAML (default 0.01).
         exact_newton_steps: Newton iterations of ``exact`` on a dense Hessian (default 30).
+        in_place: set by the batching code (never by users, never hashed): True when tasks run
+            one at a time outside any torch.func transform, so first-order methods may solve in
+            place and take query gradients with plain autograd (``inner.solve(in_place=...)``).
     """
 
     inner: InnerConfig = field(default_factory=InnerConfig)
-    nu: float = 0.1
-    cg_steps: int = 5
-    es_samples: int = 16
-    es_sigma: float = 0.01
-    exact_newton_steps: int = 30
+    nu: float = field(default=0.1, metadata={"help": "ν, the FO-B-MAML perturbation (≠ 0)."})
+    cg_steps: int = field(default=5, metadata={"help": "iMAML conjugate-gradient steps."})
+    es_samples: int = field(default=16, metadata={"help": "ES-MAML antithetic Gaussian directions."})
+    es_sigma: float = field(default=0.01, metadata={"help": "ES-MAML smoothing radius σ."})
+    exact_newton_steps: int = field(default=30, metadata={"help": "Newton iterations of the exact solve."})
+    in_place: bool = field(default=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.nu) or self.nu == 0:
@@ -40,6 +45,34 @@ class EstimatorConfig:
             raise FobbenchError(f"es-samples must be an integer >= 1 (got {self.es_samples})")
         if not (self.es_sigma > 0 and math.isfinite(self.es_sigma)):
             raise FobbenchError(f"es-sigma must be > 0 (got {self.es_sigma})")
+
+
+def hyperparameter_help(name: str) -> str:
+    """The help text of the :class:`EstimatorConfig` field ``name`` (for CLI options and docs)."""
+    return EstimatorConfig.__dataclass_fields__[name].metadata.get("help", "")
+
+
+class FloorPasses(NamedTuple):
+    """Plain fwd+bwd passes per task that a method cannot avoid (its speed floor).
+
+    Attributes:
+        both: gradients of f̂ + f (support and query losses summed, one backward).
+        support: gradients of the support loss f̂ alone.
+        query: gradients of the query loss f alone.
+    """
+
+    both: int
+    support: int
+    query: int
+
+
+FloorFn = Callable[[EstimatorConfig], FloorPasses]
+"""``floor(config) -> FloorPasses``: the method's speed floor under its settings."""
+
+
+def solve_and_query(config: EstimatorConfig) -> FloorPasses:
+    """The floor of one K-step support solve plus one query gradient (K + 1 passes)."""
+    return FloorPasses(both=0, support=config.inner.steps, query=1)
 
 
 PerTaskFn = Callable[[Params, LossFn, Data, Data, EstimatorConfig, "Params | None"], Params]
@@ -65,6 +98,21 @@ class Estimator:
             function from a seeded generator, so vmap and loop see the same ones.
         accumulate_fn: adds the estimate into a running sum in place, folding partial results
             in early (see :meth:`accumulate`); None: add the result of ``fn``.
+        rank: position in tables, figures and default method lists (ascending; the paper's
+            order for the built-in methods).
+        floor: the plain fwd+bwd passes the method cannot avoid (``train``'s speed floor).
+        hyperparameters: the :class:`EstimatorConfig` fields the method reads besides the
+            inner solver (their help text is on the field).
+        sweeps: a hyperparameter ``gradcheck`` runs the method once per value of (iMAML's
+            ``cg_steps``); None: one run.
+        theory_nu: exponent of the bias in ν with an exact inner solve (Prop. 2), or None.
+        theory_delta: exponent of the error in the inner precision δ at the best ν
+            (Corollary 1), or None.
+        stencil: for a finite difference of perturbed proximal solutions, its
+            (multiple of ν, coefficient) pairs: g = −λ/ν · Σ c·φ_{m·ν}. gradcheck's
+            Corollary 1 model evaluates it on perturbed closed-form solutions.
+        fit_nus: (low, high) ν span on which the bias term dominates on gradcheck's default
+            quadratic (the ν-rate fit's default range), or None for gradcheck's own default.
     """
 
     name: str
@@ -74,6 +122,24 @@ class Estimator:
     vmappable: bool = True
     needs_noise: bool = False
     accumulate_fn: AccumulateFn | None = None
+    rank: float = 1000.0
+    floor: FloorFn = solve_and_query
+    hyperparameters: tuple[str, ...] = ()
+    sweeps: str | None = None
+    theory_nu: float | None = None
+    theory_delta: float | None = None
+    stencil: tuple[tuple[float, float], ...] | None = None
+    fit_nus: tuple[float, float] | None = None
+
+    @property
+    def uses_nu(self) -> bool:
+        """True when the estimate depends on ν (gradcheck's ν sweep and rate fits use these)."""
+        return "nu" in self.hyperparameters
+
+    @property
+    def trainable(self) -> bool:
+        """False for ``exact``-order methods, which need a dense Hessian (no network training)."""
+        return self.order != "exact"
 
     def accumulate(self, theta: Params, loss: LossFn, support: Data, query: Data,
                    config: EstimatorConfig, noise: Params | None, total: Params) -> None:
@@ -95,15 +161,43 @@ class Estimator:
 REGISTRY: dict[str, Estimator] = {}
 
 
-def register(name: str, summary: str, order: str, vmappable: bool = True,
-             needs_noise: bool = False) -> Callable[[PerTaskFn], PerTaskFn]:
-    """Decorator adding a per-task function to the registry under ``name``."""
+def register(name: str, summary: str, order: str, **facts: object) -> Callable[[PerTaskFn], PerTaskFn]:
+    """Decorator adding a per-task function to the registry under ``name``.
+
+    ``facts`` are the other :class:`Estimator` fields (rank, floor, hyperparameters, theory
+    slopes, ...): everything a consumer needs is declared here, next to the method.
+    """
+    reserved = {"name", "fn", "summary", "order", "accumulate_fn"}
+    unknown = (set(facts) - set(Estimator.__dataclass_fields__)) | (reserved & set(facts))
+    if unknown:
+        raise TypeError(f"register({name!r}): unknown facts {sorted(unknown)}")
+    for field_name in facts.get("hyperparameters", ()):  # type: ignore[union-attr]
+        if field_name not in EstimatorConfig.__dataclass_fields__:
+            raise TypeError(f"register({name!r}): {field_name!r} is not an EstimatorConfig field")
 
     def wrap(fn: PerTaskFn) -> PerTaskFn:
-        REGISTRY[name] = Estimator(name, fn, summary, order, vmappable, needs_noise)
+        REGISTRY[name] = Estimator(name, fn, summary, order, **facts)  # type: ignore[arg-type]
         return fn
 
     return wrap
+
+
+def names(trainable: bool = False, uses_nu: bool = False) -> list[str]:
+    """Registered method names in display order (:attr:`Estimator.rank`, then name).
+
+    Args:
+        trainable: only methods that can train a network (not ``exact``-order ones).
+        uses_nu: only methods whose estimate depends on ν.
+    """
+    chosen = [e for e in REGISTRY.values()
+              if (not trainable or e.trainable) and (not uses_nu or e.uses_nu)]
+    return [e.name for e in sorted(chosen, key=lambda e: (e.rank, e.name))]
+
+
+def rank_of(name: str) -> tuple[float, str]:
+    """Sort key of a method name in display order; unknown names go last, alphabetically."""
+    estimator = REGISTRY.get(name)
+    return (estimator.rank if estimator is not None else math.inf, name)
 
 
 def accumulates(name: str) -> Callable[[AccumulateFn], AccumulateFn]:
@@ -125,17 +219,23 @@ def get(name: str) -> Estimator:
         return REGISTRY[name]
     except KeyError:
         raise FobbenchError(
-            f"unknown method '{name}' (choose from {', '.join(REGISTRY)})"
+            f"unknown method '{name}' (choose from {', '.join(names())})"
         ) from None
 
 
 def parse_methods(text: str, option: str = "--methods", allow_exact: bool = True) -> list[str]:
-    """Split a comma-separated method list and check every name against the registry."""
-    names = [part.strip() for part in text.split(",") if part.strip()]
-    if not names:
+    """Split a comma-separated method list and check every name against the registry.
+
+    ``all`` is every registered method in display order (trainable ones only when
+    ``allow_exact`` is False).
+    """
+    allowed = names(trainable=not allow_exact)
+    if text.strip() == "all":
+        return allowed
+    chosen = [part.strip() for part in text.split(",") if part.strip()]
+    if not chosen:
         raise FobbenchError(f"{option}: no method given")
-    for name in names:
-        if name not in REGISTRY or (name == "exact" and not allow_exact):
-            choices = [n for n in REGISTRY if allow_exact or n != "exact"]
-            raise FobbenchError(f"{option}: unknown method '{name}' (choose from {', '.join(choices)})")
-    return names
+    for name in chosen:
+        if name not in allowed:
+            raise FobbenchError(f"{option}: unknown method '{name}' (choose from {', '.join(allowed)})")
+    return chosen

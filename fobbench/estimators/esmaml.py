@@ -7,12 +7,14 @@ which needs only function values (2S inner solves). The directions arrive as ``n
 
 from __future__ import annotations
 
-from fobbench.estimators.base import EstimatorConfig, register
+from fobbench.estimators.base import EstimatorConfig, FloorPasses, register
 from fobbench.inner import solve
 from fobbench.params import Data, LossFn, Params, add
 
 
-@register("esmaml", "Gaussian smoothing of F, antithetic (§3.4)", order="zeroth", needs_noise=True)
+@register("esmaml", "Gaussian smoothing of F, antithetic (§3.4)", order="zeroth", needs_noise=True,
+          rank=50, hyperparameters=("es_samples", "es_sigma"),
+          floor=lambda c: FloorPasses(both=0, support=2 * c.es_samples * c.inner.steps, query=0))
 def esmaml(theta: Params, loss: LossFn, support: Data, query: Data, config: EstimatorConfig,
            noise: Params | None = None) -> Params:
     """Zeroth-order estimate of ∇F from 2·es_samples inner solves."""
@@ -22,7 +24,7 @@ def esmaml(theta: Params, loss: LossFn, support: Data, query: Data, config: Esti
     samples = next(iter(noise.values())).shape[0]
 
     def outer(th: Params):
-        return loss(solve(th, loss, support, query, 0.0, config.inner), query)
+        return loss(solve(th, loss, support, query, 0.0, config.inner, in_place=config.in_place), query)
 
     estimate = {n: 0.0 * theta[n] for n in theta}
     for s in range(samples):

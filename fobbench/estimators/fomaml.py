@@ -7,9 +7,9 @@ from fobbench.inner import loss_gradient, solve
 from fobbench.params import Data, LossFn, Params
 
 
-@register("fomaml", "∇f(φ_K), eq. (3)", order="first")
+@register("fomaml", "∇f(φ_K), eq. (3)", order="first", rank=20)
 def fomaml(theta: Params, loss: LossFn, support: Data, query: Data, config: EstimatorConfig,
            noise: Params | None = None) -> Params:
     """∇f(φ_K): ignores the Jacobian of the inner solver."""
-    phi = solve(theta, loss, support, query, 0.0, config.inner)
-    return loss_gradient(loss, phi, query)
+    phi = solve(theta, loss, support, query, 0.0, config.inner, in_place=config.in_place)
+    return loss_gradient(loss, phi, query, in_place=config.in_place)

@@ -37,7 +37,8 @@ def conjugate_gradient(operator, b: Params, steps: int) -> Params:
     return x
 
 
-@register("imaml", "CG on (I + ∇²f̂(φ_K)/λ) v = ∇f(φ_K)", order="second")
+@register("imaml", "CG on (I + ∇²f̂(φ_K)/λ) v = ∇f(φ_K)", order="second", rank=40,
+          hyperparameters=("cg_steps",), sweeps="cg_steps")
 def imaml(theta: Params, loss: LossFn, support: Data, query: Data, config: EstimatorConfig,
           noise: Params | None = None) -> Params:
     """Implicit meta-gradient (eq. 8) at the inexact inner solution φ_K.
@@ -46,8 +47,8 @@ def imaml(theta: Params, loss: LossFn, support: Data, query: Data, config: Estim
     I + ∇²f̂/λ is positive definite; otherwise CG is truncated at the first direction of
     non-positive curvature.
     """
-    phi = solve(theta, loss, support, query, 0.0, config.inner)
-    rhs = loss_gradient(loss, phi, query)
+    phi = solve(theta, loss, support, query, 0.0, config.inner, in_place=config.in_place)
+    rhs = loss_gradient(loss, phi, query, in_place=config.in_place)
     lam = config.inner.lam
     train_grad = torch.func.grad(loss)
 

@@ -35,7 +35,7 @@ from scipy import stats
 from torch import Tensor
 
 from fobbench.errors import FobbenchError
-from fobbench.estimators import REGISTRY, EstimatorConfig, meta_gradient, parse_methods
+from fobbench.estimators import REGISTRY, EstimatorConfig, get, meta_gradient, names, parse_methods, rank_of
 from fobbench.inner import InnerConfig
 from fobbench.meta_optim import OUTER, apply, make_outer
 from fobbench.params import Params
@@ -44,20 +44,14 @@ from fobbench.results import Measurement, ResultWriter, default_path, read_resul
 
 EXPERIMENTS = ("error_vs_k", "outer_loss", "error_vs_nu", "lambda", "rates")
 DEFAULT_EXPERIMENTS = ("error_vs_k",)
-NU_METHODS = ("fobmaml-forward", "fobmaml-sym")
-"""The estimators whose value depends on ν (the ν sweep and the rate fits use only these)."""
-KNOBS: dict[str, str] = {"imaml": "cg_steps"}
-"""Methods run once per value of a swept knob (iMAML once per CG step count)."""
-DISPLAY_ORDER = ("maml", "fomaml", "reptile", "imaml", "esmaml", "fobmaml-forward", "fobmaml-sym", "exact")
-"""Row order of tables (the paper's); methods not listed follow alphabetically."""
 OUTER_LR_FACTOR = 0.25
 """Default outer step = 0.25/L_F. FO-MAML and Reptile overshoot ∇F several-fold (they lack the
 (I + ∇²f̂/λ)⁻¹ shrinkage), so at 1/L_F their meta-training diverges on the default tasks; at
 0.25/L_F every estimator is stable and the exact gradient still reaches F* to ~1e-8 in 50 steps."""
-THEORY_NU = {"fobmaml-forward": 1.0, "fobmaml-sym": 2.0}
-"""Prop. 2: bias O(λν) forward, O(λν²) symmetric, with an exact inner solve."""
-THEORY_DELTA = {"fobmaml-forward": 0.5, "fobmaml-sym": 2.0 / 3.0}
-"""Corollary 1: error O(λδ^{1/2}) forward, O(λδ^{2/3}) symmetric at the best ν."""
+RATE_NUS = (1e-3, 1e-1)
+"""Default ν span of the ν-rate fit for methods that register none (:attr:`Estimator.fit_nus`)."""
+RATE_POINTS = 9
+"""Log-spaced ν values of the ν-rate fit."""
 
 
 def parse_experiments(text: str) -> tuple[str, ...]:
@@ -93,8 +87,9 @@ class GradcheckConfig:
         nu_grid: ν values of ``error_vs_nu`` and of the δ-rate fit (default 1e-5..1, 11 points).
         nu_ks: K values of ``error_vs_nu`` and of the δ-rate fit (default 5, 10, 20, 50, 100).
         lam_grid: λ values of ``lambda`` (default 0.1..10, 9 log-spaced points).
-        rate_nus: ν range of the slope fit with a near-exact inner solve (default 1e-3..1e-1,
-            9 points: above round-off, below higher-order terms).
+        rate_nus: ν values of the slope fit with a near-exact inner solve (default None: each
+            method's registered span, :attr:`Estimator.fit_nus`, else 1e-3..1e-1, 9 points:
+            above round-off, below higher-order terms).
         rate_deltas: δ values of the perturbed-solution rate fit (default 1e-12..1e-4, 9 points).
         train_k: K of ``outer_loss`` (default 20, as in Fig. 1).
         iters: outer iterations of ``outer_loss`` (default 50).
@@ -111,14 +106,14 @@ class GradcheckConfig:
     """
 
     experiments: tuple[str, ...] = DEFAULT_EXPERIMENTS
-    methods: tuple[str, ...] = field(default_factory=lambda: tuple(REGISTRY))
+    methods: tuple[str, ...] = field(default_factory=lambda: tuple(names()))
     ks: tuple[int, ...] = (1, 2, 5, 10, 20, 50, 100)
     nu: float = 0.01
     lam: float = 2.0
     nu_grid: tuple[float, ...] = field(default_factory=lambda: _log_grid(1e-5, 1.0, 11))
     nu_ks: tuple[int, ...] = (5, 10, 20, 50, 100)
     lam_grid: tuple[float, ...] = field(default_factory=lambda: _log_grid(0.1, 10.0, 9))
-    rate_nus: tuple[float, ...] = field(default_factory=lambda: _log_grid(1e-3, 1e-1, 9))
+    rate_nus: tuple[float, ...] | None = None
     rate_deltas: tuple[float, ...] = field(default_factory=lambda: _log_grid(1e-12, 1e-4, 9))
     train_k: int = 20
     iters: int = 50
@@ -144,10 +139,11 @@ class GradcheckConfig:
             if not values or any(not isinstance(v, int) or v < 1 for v in values):
                 raise FobbenchError(f"{option}: every value must be an integer >= 1 (got {list(values)})")
         for option, floats in (("--nu-grid", self.nu_grid), ("--lam-grid", self.lam_grid),
-                               ("--rate-nu", self.rate_nus), ("--rate-delta", self.rate_deltas)):
+                               ("--rate-nu", self.rate_nus or RATE_NUS), ("--rate-delta", self.rate_deltas)):
             if not floats or any(not (math.isfinite(v) and v > 0) for v in floats):
                 raise FobbenchError(f"{option}: every value must be > 0 (got {list(floats)})")
-        if "rates" in self.experiments and (len(self.rate_nus) < 3 or len(self.rate_deltas) < 3
+        if "rates" in self.experiments and (len(self.rate_nus or (0,) * RATE_POINTS) < 3
+                                            or len(self.rate_deltas) < 3
                                             or len(self.nu_ks) < 3):
             raise FobbenchError("rates: --rate-nu, --rate-delta and --nu-k need at least 3 values each")
         if self.train_k < 1:
@@ -167,8 +163,16 @@ class GradcheckConfig:
         for lam in self.lam_grid:
             InnerConfig(steps=1, lr=1.0, lam=lam)
         needs_nu = "error_vs_nu" in self.experiments or "rates" in self.experiments
-        if needs_nu and not set(NU_METHODS) & set(self.methods):
-            raise FobbenchError("error_vs_nu and rates need fobmaml-forward or fobmaml-sym in --methods")
+        if needs_nu and not _nu_methods(self):
+            raise FobbenchError(f"error_vs_nu and rates need a method that uses nu in --methods "
+                                f"({', '.join(names(uses_nu=True))})")
+
+    def fit_nus(self, method: str) -> tuple[float, ...]:
+        """ν values of ``method``'s ν-rate fit: ``rate_nus`` if given, else its registered span."""
+        if self.rate_nus is not None:
+            return self.rate_nus
+        low, high = get(method).fit_nus or RATE_NUS
+        return _log_grid(low, high, RATE_POINTS)
 
     def estimator_config(self, steps: int, lr: float, lam: float, nu: float | None = None,
                          cg_steps: int | None = None, optimizer: str = "gd",
@@ -237,7 +241,7 @@ Done = Callable[[str, dict[str, object]], bool]
 
 def _variants(config: GradcheckConfig, method: str) -> list[int | None]:
     """The knob values a method is run at (CG steps for iMAML; one run otherwise)."""
-    return list(config.cg_steps) if method in KNOBS else [None]
+    return list(config.cg_steps) if get(method).sweeps == "cg_steps" else [None]
 
 
 def _rel(value: float) -> Measurement:
@@ -326,7 +330,7 @@ def _outer_loss(ctx: Context, done: Done) -> Iterator[Row]:
 
 
 def _nu_methods(config: GradcheckConfig) -> list[str]:
-    return [m for m in config.methods if m in NU_METHODS]
+    return [m for m in config.methods if get(m).uses_nu]
 
 
 def _error_vs_nu_count(config: GradcheckConfig) -> int:
@@ -431,31 +435,63 @@ def heavy_ball(problem: QuadraticTasks, lam: float, nus: Sequence[float], tolera
     return 4.0 / (root_l + root_m) ** 2, rho**2, steps
 
 
-def _perturbed_errors(problem: QuadraticTasks, lam: float, delta: float, nus: Sequence[float],
-                      generator: torch.Generator) -> dict[str, list[float]]:
-    """Error of eqs. (12)/(13) from exact solutions plus random errors of norm δ (Corollary 1).
+def _stencil_multiples(methods: Sequence[str]) -> list[float]:
+    """Every ν multiple the methods' stencils solve at: 1, 0, −1 first (in that order, so
+    their random directions do not depend on which other methods run), then the rest."""
+    extra = sorted({m for name in methods for m, _ in get(name).stencil or ()} - {1.0, 0.0, -1.0})
+    return [1.0, 0.0, -1.0, *extra]
 
-    Each of the solves φ̃_v = φ*_v + δ·u_v (v ∈ {ν, 0, −ν}, per task) gets its own uniformly
-    random unit direction u_v, drawn once per δ so the error is a smooth function of ν.
+
+def _perturbed_errors(problem: QuadraticTasks, lam: float, delta: float, nus: Sequence[float],
+                      methods: Sequence[str], generator: torch.Generator, extra_generator: torch.Generator
+                      ) -> dict[str, list[float]]:
+    """Error of each method's stencil from exact solutions plus random errors of norm δ (Corollary 1).
+
+    Each solve φ̃_v = φ*_v + δ·u_v (v = m·ν for every stencil multiple m, per task) gets its own
+    uniformly random unit direction u_v, drawn once per δ so the error is a smooth function of
+    ν: those of v ∈ {ν, 0, −ν} from ``generator``, any other multiple's from ``extra_generator``.
     """
     theta = problem.theta0
     truth = problem.meta_gradient(theta, lam)
 
-    def unit() -> Tensor:
-        u = torch.randn((problem.tasks, problem.dim), generator=generator, dtype=theta.dtype)
+    def unit(source: torch.Generator) -> Tensor:
+        u = torch.randn((problem.tasks, problem.dim), generator=source, dtype=theta.dtype)
         return u / u.norm(dim=-1, keepdim=True)
 
-    u_plus, u_zero, u_minus = unit(), unit(), unit()
-    base = problem.solution(theta, lam, 0.0) + delta * u_zero
-    out: dict[str, list[float]] = {m: [] for m in NU_METHODS}
+    multiples = _stencil_multiples(methods)
+    directions = {m: unit(generator if i < 3 else extra_generator) for i, m in enumerate(multiples)}
+    base = problem.solution(theta, lam, 0.0) + delta * directions[0.0]
+    out: dict[str, list[float]] = {m: [] for m in methods}
     for nu in nus:
-        plus = problem.solution(theta, lam, nu) + delta * u_plus
-        minus = problem.solution(theta, lam, -nu) + delta * u_minus
-        estimates = {"fobmaml-forward": -lam * (plus - base) / nu,
-                     "fobmaml-sym": -lam * (plus - minus) / (2 * nu)}
-        for method, g in estimates.items():
+        solved = {m: base if m == 0.0 else problem.solution(theta, lam, m * nu) + delta * directions[m]
+                  for m in multiples}
+        for method in methods:
+            combination = sum_stencil(get(method).stencil or (), solved)
+            g = -lam * combination / nu
             out[method].append(float((g.mean(0) - truth).norm() / truth.norm()))
     return out
+
+
+def sum_stencil(stencil: Sequence[tuple[float, float]], solved: dict[float, Tensor]) -> Tensor:
+    """Σ c·φ_m over a stencil, in its order; a leading unit coefficient is not multiplied, so
+    (1, φ_a), (−1, φ_b) gives φ_a − φ_b bit for bit."""
+    total: Tensor | None = None
+    for multiple, coefficient in stencil:
+        term = solved[multiple]
+        if total is None:
+            total = term if coefficient == 1.0 else coefficient * term
+        elif coefficient == -1.0:
+            total = total - term
+        else:
+            total = total + coefficient * term
+    if total is None:
+        raise FobbenchError("rates: a method with an empty stencil cannot be fitted")
+    return total
+
+
+def _theory(slope: float | None) -> float:
+    """A registered theory slope, NaN where the paper gives none."""
+    return float("nan") if slope is None else slope
 
 
 def _span(values: Sequence[float]) -> str:
@@ -463,19 +499,19 @@ def _span(values: Sequence[float]) -> str:
 
 
 def _rates_count(config: GradcheckConfig) -> int:
-    methods = len(_nu_methods(config))
-    per_method = (len(config.rate_nus) + 1) + (len(config.nu_ks) + 1) + (len(config.rate_deltas) + 1)
-    return methods * per_method
+    per_method = (len(config.nu_ks) + 1) + (len(config.rate_deltas) + 1)
+    return sum(len(config.fit_nus(m)) + 1 + per_method for m in _nu_methods(config))
 
 
 def _rates(ctx: Context, done: Done) -> Iterator[Row]:
     c, problem = ctx.config, ctx.problem
     methods = _nu_methods(c)
     # 1. error vs ν with a near-exact inner solve (heavy ball to 1e-14): Prop. 2's order.
-    lr, beta, steps = heavy_ball(problem, c.lam, c.rate_nus)
     for method in methods:
         xs, ys = [], []
-        for nu in c.rate_nus:
+        reach = max(abs(m) for m, _ in get(method).stencil or ((1.0, 1.0),))
+        lr, beta, steps = heavy_ball(problem, c.lam, [reach * nu for nu in c.fit_nus(method)])
+        for nu in c.fit_nus(method):
             point = {"fit": "nu", "solver": "heavy-ball", "k": steps, "lam": c.lam, "x": nu}
             config = c.estimator_config(steps, lr, c.lam, nu=nu, optimizer="momentum", momentum=beta)
             error, _ = ctx.error(method, config)
@@ -484,7 +520,7 @@ def _rates(ctx: Context, done: Done) -> Iterator[Row]:
             yield Row(method, point, [] if done(method, point) else [_rel(error)],
                       {"inner_lr": lr, "momentum": beta})
         point = {"fit": "nu", "solver": "heavy-ball", "k": steps, "lam": c.lam}
-        yield _fit_rows(method, point, fit_slope(xs, ys), THEORY_NU[method], _span(xs))
+        yield _fit_rows(method, point, fit_slope(xs, ys), _theory(get(method).theory_nu), _span(xs))
     # 2. error vs δ at the best ν, δ from K plain GD steps (the estimator code itself).
     lr_gd = _nu_lr(ctx)
     for method in methods:
@@ -500,11 +536,13 @@ def _rates(ctx: Context, done: Done) -> Iterator[Row]:
                 _rel(errors[best]), Measurement("best_nu", c.nu_grid[best], "1", "grid_search")],
                 {"inner_lr": lr_gd})
         point = {"fit": "delta", "solver": "gd", "k": None, "lam": c.lam}
-        yield _fit_rows(method, point, fit_slope(xs, ys), THEORY_DELTA[method], _span(xs))
+        yield _fit_rows(method, point, fit_slope(xs, ys), _theory(get(method).theory_delta), _span(xs))
     # 3. error vs δ at the best ν under Corollary 1's model: exact solutions + errors of norm δ.
     fine_nus = _log_grid(1e-7, 1.0, 71)
     generator = torch.Generator().manual_seed(ctx.seed)
-    curves = [_perturbed_errors(problem, c.lam, delta, fine_nus, generator) for delta in c.rate_deltas]
+    extra_generator = torch.Generator().manual_seed(ctx.seed + 1)
+    curves = [_perturbed_errors(problem, c.lam, delta, fine_nus, methods, generator, extra_generator)
+              for delta in c.rate_deltas]
     for method in methods:
         xs, ys = [], []
         for delta, curve in zip(c.rate_deltas, curves):
@@ -516,7 +554,7 @@ def _rates(ctx: Context, done: Done) -> Iterator[Row]:
             yield Row(method, point, [] if done(method, point) else [
                 _rel(errors[best]), Measurement("best_nu", fine_nus[best], "1", "grid_search")])
         point = {"fit": "delta", "solver": "perturbed", "k": None, "lam": c.lam}
-        yield _fit_rows(method, point, fit_slope(xs, ys), THEORY_DELTA[method], _span(xs))
+        yield _fit_rows(method, point, fit_slope(xs, ys), _theory(get(method).theory_delta), _span(xs))
 
 
 REGISTRY_EXPERIMENTS: dict[str, Experiment] = {
@@ -530,7 +568,7 @@ REGISTRY_EXPERIMENTS: dict[str, Experiment] = {
     "lambda": Experiment("lambda", ("lam",), (), _lambda_count, _lambda),
     "rates": Experiment("rates", ("fit", "solver", "k", "lam", "x"),
                         ("inner_lr", "momentum", "fit_points", "fit_range"), _rates_count, _rates,
-                        lambda c: {"nu_grid": c.nu_grid, "nu_ks": c.nu_ks, "rate_nus": c.rate_nus,
+                        lambda c: {"nu_grid": c.nu_grid, "nu_ks": c.nu_ks, "rate_nus": c.rate_nus or _log_grid(*RATE_NUS, RATE_POINTS),
                                    "rate_deltas": c.rate_deltas}),
 }
 
@@ -634,11 +672,7 @@ def error_table(frame: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     rows["estimator"] = [method_label(m, c) for m, c in zip(rows["method"], rows["cg_steps"])]
     table = rows.pivot_table(index="estimator", columns="k", values="value", aggfunc="mean")
-    def rank(label: str) -> tuple[int, str]:
-        name = label.split(" ")[0]
-        return (DISPLAY_ORDER.index(name) if name in DISPLAY_ORDER else len(DISPLAY_ORDER), label)
-
-    table = table.loc[sorted(table.index, key=rank)]
+    table = table.loc[sorted(table.index, key=lambda label: (rank_of(label.split(" ")[0]), label))]
     table.columns = [int(k) for k in table.columns]
     return table
 
@@ -658,7 +692,7 @@ def headline(table: pd.DataFrame) -> str:
         return "no error-vs-K rows"
     ks = list(table.columns)
     last = ks[-1]
-    candidates = table.drop(index=[i for i in table.index if i == "exact"], errors="ignore")[last].dropna()
+    candidates = table.drop(index=[i for i in table.index if _order(i) == "exact"])[last].dropna()
     if candidates.empty:
         return f"K={last}: only the exact meta-gradient was run"
     best = candidates.idxmin()
@@ -670,7 +704,7 @@ def headline(table: pd.DataFrame) -> str:
         previous = ks[-2]
         ratio = (table[last] / table[previous]).dropna()
         stalled = [f"{label} {table.loc[label, last]:.1e}" for label in ratio.index
-                   if label != "exact" and ratio[label] > 0.7]
+                   if _order(label) != "exact" and ratio[label] > 0.7]
         if stalled:
             parts.append(f"no longer shrinking from K={previous} to K={last}: " + ", ".join(stalled))
     return "; ".join(parts)

@@ -16,7 +16,7 @@ Omniglot). Per method and seed:
    timing counters are saved with ``torch.save``.
 
 Speed is reported against a floor: the time of the plain forward+backward passes the
-method cannot avoid (:data:`FLOOR_PASSES`), measured as vmapped ``grad(loss)`` calls over
+method cannot avoid (each estimator's registered ``floor``), measured as vmapped ``grad(loss)`` calls over
 the meta-batch's support+query examples.
 """
 
@@ -31,7 +31,6 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -39,7 +38,7 @@ from scipy import stats
 from torch import Tensor, nn
 
 from fobbench.errors import FobbenchError
-from fobbench.estimators import BATCHING, EstimatorConfig, get, meta_gradient
+from fobbench.estimators import BATCHING, EstimatorConfig, FloorPasses, get, meta_gradient
 from fobbench.inner import solve
 from fobbench.meta_optim import OUTER, apply, make_outer
 from fobbench.params import Data, LossFn, Params, classification_loss, detached
@@ -55,44 +54,14 @@ POINT_COLUMNS = (
 TIMING_METRICS = ("wall_time", "sec_per_iter", "grad_sec", "floor_sec", "floor_ratio")
 """Metrics that are wall-clock measurements (differ between identical runs)."""
 
-class FloorPasses(NamedTuple):
-    """Plain fwd+bwd passes per task, by the data they see.
-
-    Attributes:
-        both: gradients of f̂ + f (support and query losses summed, one backward).
-        support: gradients of the support loss f̂ alone.
-        query: gradients of the query loss f alone.
-    """
-
-    both: int
-    support: int
-    query: int
-
-
-FLOOR_PASSES: dict[str, Callable[[EstimatorConfig], FloorPasses]] = {
-    "fobmaml-sym": lambda c: FloorPasses(both=2 * c.inner.steps, support=0, query=0),
-    "fobmaml-forward": lambda c: FloorPasses(both=c.inner.steps, support=c.inner.steps, query=0),
-    "maml": lambda c: FloorPasses(both=0, support=c.inner.steps, query=1),
-    "fomaml": lambda c: FloorPasses(both=0, support=c.inner.steps, query=1),
-    "imaml": lambda c: FloorPasses(both=0, support=c.inner.steps, query=1),
-    "reptile": lambda c: FloorPasses(both=0, support=c.inner.steps, query=0),
-    "esmaml": lambda c: FloorPasses(both=0, support=2 * c.es_samples * c.inner.steps, query=0),
-}
-"""The one table of the speed floor: the plain gradient work each method cannot avoid.
-
-FO-B-MAML solves two K-step inner problems whose objective ±ν·f + f̂ + λ/2‖φ−θ‖² needs the
-support and query gradient at every step (2K ``both`` passes; the forward variant's v = 0
-solve needs the support only); MAML, FO-MAML and iMAML one K-step solve on the support plus
-one query gradient (K + 1); Reptile the solve alone (K); ES-MAML 2·S solves (its query
-losses need no backward). Second-order work (backprop through the solver, Hessian-vector
-products) is overhead above the floor. A method missing here falls back to K support + 1
-query pass.
-"""
-
-
 def floor_passes(method: str, config: EstimatorConfig) -> FloorPasses:
-    """The passes of ``method``'s speed floor (:data:`FLOOR_PASSES`)."""
-    return FLOOR_PASSES.get(method, lambda c: FloorPasses(0, c.inner.steps, 1))(config)
+    """The passes of ``method``'s speed floor, as its registration declares
+    (:attr:`~fobbench.estimators.Estimator.floor`; default K support + 1 query pass).
+
+    Second-order work (backprop through the solver, Hessian-vector products) is overhead
+    above the floor.
+    """
+    return get(method).floor(config)
 
 
 @dataclass(frozen=True)
@@ -136,7 +105,7 @@ class TrainConfig:
         if not self.methods:
             raise FobbenchError("--methods: no method given")
         for name in self.methods:
-            if get(name).order == "exact":
+            if not get(name).trainable:
                 raise FobbenchError(f"--methods: '{name}' cannot train a network (it needs a closed form)")
         checks = (
             ("--iterations", self.iterations, 1), ("--meta-batch", self.meta_batch, 1),
