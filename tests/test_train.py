@@ -15,7 +15,7 @@ import pytest
 import torch
 from scipy import stats
 
-from fobbench.estimators import REGISTRY, EstimatorConfig
+from fobbench.estimators import REGISTRY, EstimatorConfig, names
 from fobbench.experiments import train as experiment
 from fobbench.figures import train as figures
 from fobbench.inner import InnerConfig, solve
@@ -251,3 +251,17 @@ def test_omniglot_command_trains_on_real_data(cli, tmp_path: Path, monkeypatch: 
     assert frame["split_hash"].notna().all() and frame["split_hash"].nunique() == 1  # in every row
     acc = frame[frame["metric"] == "eval_acc"]
     assert set(acc["iteration"]) == {0, 2} and acc["value"].between(0, 1).all()
+
+
+def test_every_trainable_registry_method_trains_with_its_own_floor(cli, tmp_path: Path) -> None:
+    """``--methods all`` is the registry: each method (fobmaml-richardson included, with no
+    edit outside its module) trains and reports time against its registered floor."""
+    out = tmp_path / "all.csv"
+    code, stdout, stderr = cli("train", "mnist1d", "--methods", "all", "--iterations", "1", "--meta-batch", "2",
+                               "--eval-every", "1", "--eval-tasks", "4", "--es-samples", "2", "--no-plot",
+                               "--out", str(out), *SMALL)
+    assert code == 0, stderr
+    frame = read_results(out)
+    assert set(frame["method"]) == set(names(trainable=True)) and "fobmaml-richardson" in set(frame["method"])
+    floors = frame[frame["metric"] == "floor_sec"].set_index("method")["value"]
+    assert (floors > 0).all() and len(floors) == len(names(trainable=True))
