@@ -21,8 +21,6 @@ from fobbench.errors import FobbenchError
 from fobbench.figures.common import check_format
 from fobbench.results import read_results
 
-"""Figure formats matplotlib writes for every figure module."""
-
 _MODULE_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 
 

@@ -130,7 +130,7 @@ SMALL = ["--dim", "4", "--tasks", "3", "--quiet"]
         (["--lr", "-0.1"], "step size must be > 0"),
         (["--es-samples", "0"], "es-samples"),
         (["--seed", "-1"], "--seed"),
-        (["--experiments", "rates", "--methods", "maml"], "need fobmaml"),
+        (["--experiments", "rates", "--methods", "maml"], "need a method that uses nu"),
     ],
 )
 def test_bad_settings_are_one_line_errors_with_exit_2(cli, tmp_path: Path, args: list[str],

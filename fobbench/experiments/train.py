@@ -34,7 +34,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import stats
 from torch import Tensor, nn
 
 from fobbench.errors import FobbenchError
@@ -44,6 +43,7 @@ from fobbench.meta_optim import OUTER, apply, make_outer
 from fobbench.params import Data, LossFn, Params, classification_loss, detached
 from fobbench.problems.base import FewShotProblem, TaskBatch
 from fobbench.results import Measurement, ResultWriter
+from fobbench.stats import t_half_width
 
 POINT_COLUMNS = (
     "problem", "split", "split_hash", "ways", "shots", "queries", "meta_batch", "inner_steps", "inner_lr",
@@ -233,9 +233,8 @@ def evaluate(model: nn.Module, theta: Params, tasks: TaskBatch, config: Estimato
             theta, tasks.support, tasks.query
         )
     acc = accs.double().cpu().numpy()
-    n = len(acc)
-    half = float(stats.t.ppf(0.975, n - 1) * acc.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
-    return Evaluation(acc=float(acc.mean()), ci95=half, loss=float(losses.double().mean()), tasks=n)
+    return Evaluation(acc=float(acc.mean()), ci95=t_half_width(acc), loss=float(losses.double().mean()),
+                      tasks=len(acc))
 
 
 # ----------------------------------------------------------------------------------------

@@ -21,9 +21,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from fobbench.errors import FobbenchError
+from fobbench.stats import t_half_width
 
 FORMATS = ("png", "svg", "pdf")
 """Figure formats every command writes."""
@@ -51,7 +51,7 @@ def aggregate(frame: pd.DataFrame, by: Sequence[str], value: str = "value") -> p
         data = data[np.isfinite(data)]
         n = len(data)
         mean = float(data.mean()) if n else float("nan")
-        half = float(stats.t.ppf(0.975, n - 1) * data.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
+        half = t_half_width(data)
         return pd.Series({"mean": mean, "lo": mean - half, "hi": mean + half, "n": n})
 
     grouped = frame.groupby(keys, dropna=False)[value].apply(summary).unstack()

@@ -20,9 +20,9 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from fobbench.figures.common import SERIES_KEYS, save
+from fobbench.stats import t_half_width
 
 LINE_KEYS = tuple(k for k in SERIES_KEYS if k != "measured_by")
 """Lines split by method and device. Not by ``measured_by``: here it names each metric's own
@@ -63,9 +63,7 @@ def _label(named: dict[str, object], shown: list[str]) -> str:
 
 
 def _interval(values: np.ndarray) -> float:
-    values = values[np.isfinite(values)]
-    n = len(values)
-    return float(stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
+    return t_half_width(values[np.isfinite(values)])
 
 
 def _curve(line: pd.DataFrame) -> pd.DataFrame:
