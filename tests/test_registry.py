@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 
 from fobbench.errors import FobbenchError
-from fobbench.estimators import REGISTRY, EstimatorConfig, FloorPasses, names, parse_methods, rank_of, register
+from fobbench.estimators import (
+    REGISTRY,
+    EstimatorConfig,
+    FloorPasses,
+    names,
+    parse_methods,
+    rank_of,
+    register,
+)
 from fobbench.experiments import gradcheck as gradcheck_experiment
 from fobbench.experiments import train as train_experiment
 from fobbench.inner import InnerConfig, loss_gradient, solve

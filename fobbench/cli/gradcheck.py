@@ -15,7 +15,8 @@ from fobbench.cli.app import app
 from fobbench.errors import FobbenchError
 from fobbench.estimators import names, parse_methods
 from fobbench.experiments import gradcheck as experiment
-from fobbench.progress import console, out, progress
+from fobbench.experiments import runner
+from fobbench.progress import console, out
 from fobbench.ranges import parse_range, parse_seeds
 
 EXAMPLE = (
@@ -31,7 +32,7 @@ def _short(value: float) -> str:
     return f"{mantissa}e{int(exponent)}"
 
 
-def _show(files: experiment.RunFiles) -> None:
+def _show(files: runner.RunFiles) -> None:
     frame = files.frame()
     if frame.empty:
         return
@@ -131,8 +132,7 @@ def gradcheck(
     Writes one CSV per sub-experiment (benchmark gradcheck.<name>) into one folder, figures as PNG
     next to them, and prints the estimator × K error table with a headline finding.
     """
-    if out_dir is not None and resume is not None:
-        raise FobbenchError("give either --out or --resume, not both")
+    folder, resuming = runner.destination(out_dir, resume, experiment.default_out)
     if threads < 1:
         raise FobbenchError(f"--threads must be >= 1 (got {threads})")
     config = experiment.GradcheckConfig(
@@ -161,14 +161,10 @@ def gradcheck(
         seeds=parse_seeds(seed, "--seed"),
         batching=batching,
     )
-    folder = resume if resume is not None else (out_dir or experiment.default_out())
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        with progress(quiet) as bar:
-            task = bar.add_task("gradcheck", total=experiment.total_points(config))
-            files = experiment.run(config, folder, resume=resume is not None,
-                                   advance=lambda name: bar.update(task, advance=1, description=name))
+        files = experiment.run(config, folder, resume=resuming, quiet=quiet)
     finally:
         torch.set_num_threads(previous_threads)
     _show(files)

@@ -13,12 +13,13 @@ from rich.table import Table
 
 from fobbench.cli.app import app
 from fobbench.errors import FobbenchError
-from fobbench.estimators import BATCHING, names, parse_methods
+from fobbench.estimators import BATCHING, names, parse_methods, rank_of
 from fobbench.experiments import memory as experiment
+from fobbench.experiments import runner
 from fobbench.figures.common import FORMATS
-from fobbench.progress import console, out, progress
+from fobbench.progress import console, out
 from fobbench.ranges import parse_range
-from fobbench.results import ResultWriter, default_path, read_results
+from fobbench.results import default_path, read_results
 
 
 class Arch(str, Enum):
@@ -54,24 +55,22 @@ def _sizes(arch: str, channels: str | None, d_model: str | None, seq: str | None
     return {"d_model": d_values, "seq": parse_range(seq or seq_default, "--seq")}
 
 
-def _table(rows: list[experiment.Row], sweep: str, title: str) -> Table:
-    """Peak MiB above the baseline: one row per method, one column per sweep value."""
-    records = [
-        {"method": r.method, sweep: r.point[sweep],
-         "cell": "oom" if r.memory.status == experiment.STATUS_OOM else f"{r.memory.peak_bytes / 2**20:,.1f}"}
-        for r in rows
-    ]
+def _table(frame: pd.DataFrame, sweep: str, title: str) -> Table:
+    """Peak MiB above the baseline: one row per method (display order), one column per sweep value."""
     table = Table(title=title)
     table.add_column(f"method \\ {sweep}", style="bold")
-    if not records:
+    rows = frame[frame["metric"] == "peak_mib"] if not frame.empty else frame
+    if rows.empty:
         return table
-    frame = pd.DataFrame(records)
-    values = list(dict.fromkeys(frame[sweep]))
+    values = list(dict.fromkeys(rows[sweep]))
     for value in values:
         table.add_column(str(value), justify="right")
-    for method in dict.fromkeys(frame["method"]):
-        cells = frame[frame["method"] == method].drop_duplicates(sweep, keep="last").set_index(sweep)["cell"]
-        table.add_row(method, *[str(cells.get(v, "")) for v in values])
+    for method in sorted(dict.fromkeys(rows["method"]), key=rank_of):
+        mine = rows[rows["method"] == method].drop_duplicates(sweep, keep="last").set_index(sweep)
+        cells = ["" if v not in mine.index else
+                 "oom" if mine.loc[v, "status"] == experiment.STATUS_OOM else f"{mine.loc[v, 'value']:,.1f}"
+                 for v in values]
+        table.add_row(method, *cells)
     return table
 
 
@@ -142,8 +141,6 @@ def memory(
         raise FobbenchError(
             "--estimate runs on the meta device and predicts CPU accounting; drop --device cuda"
         )
-    if out_file is not None and resume is not None:
-        raise FobbenchError("give either --out or --resume, not both")
     if limit is not None and not (limit > 0 and math.isfinite(limit)):
         raise FobbenchError(f"--limit must be a positive number of MiB (got {limit})")
     backend = "estimate" if estimate else device.value
@@ -160,26 +157,14 @@ def memory(
         from fobbench.measure.cuda import require_cuda
 
         require_cuda()
-    path = resume if resume is not None else (out_file or default_path(settings.benchmark))
-    writer = ResultWriter(path, settings.benchmark, settings.point_columns(), experiment.INFO_COLUMNS,
-                          device="meta" if backend == "estimate" else backend, resume=resume is not None)
-    hashed = settings.hashed()
-    rows: list[experiment.Row] = []
-    with progress(quiet) as bar:
-        task = bar.add_task(settings.benchmark, total=len(points) * len(chosen))
-        stream = experiment.run(settings, points, chosen, sweep,
-                                skip=lambda method, point: writer.is_done(method, point, hashed, seed))
-        for row in stream:
-            if row is not None:
-                writer.write_point(row.method, row.point, hashed, seed, row.measurements(), row.info)
-                rows.append(row)
-                bar.update(task, description=f"{settings.benchmark} {sweep}={row.point[sweep]} {row.method}")
-            bar.advance(task)
+    path, resuming = runner.destination(out_file, resume, lambda: default_path(settings.benchmark))
+    spec = experiment.MemorySweep(settings, tuple(points), tuple(chosen), sweep)
+    frame = runner.execute(spec, path, resume=resuming, quiet=quiet).frame()
     kind = {"cpu": "CPU live tensors", "cuda": "CUDA max_memory_allocated",
             "estimate": "ESTIMATE (meta device)"}
-    out.print(_table(rows, sweep, f"peak MiB above baseline, {kind[backend]}, {settings.benchmark}"))
+    out.print(_table(frame, sweep, f"peak MiB above baseline, {kind[backend]}, {settings.benchmark}"))
     console.print(f"results: {path}")
-    if not no_plot and rows:
+    if not no_plot and not frame.empty:
         from fobbench.figures.memory import draw
 
         frame = read_results(path)

@@ -31,16 +31,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from scipy import stats
 from torch import Tensor
 
 from fobbench.errors import FobbenchError
 from fobbench.estimators import REGISTRY, EstimatorConfig, get, meta_gradient, names, parse_methods, rank_of
+from fobbench.experiments.runner import Output, Record, RunFiles, Sink, Tick, execute
 from fobbench.inner import InnerConfig
 from fobbench.meta_optim import OUTER, apply, make_outer
 from fobbench.params import Params
 from fobbench.problems.quadratic import PARAM, QuadraticTasks, make_quadratic, quadratic_loss
-from fobbench.results import Measurement, ResultWriter, default_path, read_results
+from fobbench.results import Measurement, default_path
+from fobbench.stats import Fit, fit_slope
 
 EXPERIMENTS = ("error_vs_k", "outer_loss", "error_vs_nu", "lambda", "rates")
 DEFAULT_EXPERIMENTS = ("error_vs_k",)
@@ -188,14 +189,10 @@ class GradcheckConfig:
         return make_quadratic(self.dim, self.tasks, self.cond, distinct_test=self.distinct_test, seed=seed)
 
 
-@dataclass(frozen=True)
-class Row:
-    """One point's measurements, ready for :meth:`ResultWriter.write_point`."""
-
-    method: str
-    point: dict[str, object]
-    measurements: list[Measurement]
-    info: dict[str, object] = field(default_factory=dict)
+def _row(method: str, point: dict[str, object], measurements: list[Measurement],
+         info: dict[str, object] | None = None) -> Record:
+    """A sub-experiment's record; :class:`GradcheckRun` adds settings, seed and output."""
+    return Record(method, point, measurements=measurements, info=info or {})
 
 
 class Context:
@@ -263,7 +260,7 @@ class Experiment:
     point_columns: tuple[str, ...]
     info_columns: tuple[str, ...]
     count: Callable[[GradcheckConfig], int]
-    rows: Callable[[Context, Done], Iterator[Row]]
+    rows: Callable[[Context, Done], Iterator[Record]]
     extra_settings: Callable[[GradcheckConfig], dict[str, object]] = lambda config: {}
     """Settings beyond the point columns that change this experiment's values (hashed)."""
 
@@ -277,7 +274,7 @@ def _error_vs_k_count(config: GradcheckConfig) -> int:
     return len(config.ks) * sum(len(_variants(config, m)) for m in config.methods)
 
 
-def _error_vs_k(ctx: Context, done: Done) -> Iterator[Row]:
+def _error_vs_k(ctx: Context, done: Done) -> Iterator[Record]:
     c, problem = ctx.config, ctx.problem
     lr = c.lr or problem.safe_lr(c.lam, c.nu)
     rho = problem.contraction(c.lam, lr, (0.0, c.nu, -c.nu))
@@ -286,10 +283,10 @@ def _error_vs_k(ctx: Context, done: Done) -> Iterator[Row]:
             for cg in _variants(c, method):
                 point = {"k": k, "cg_steps": cg, "nu": c.nu, "lam": c.lam}
                 if done(method, point):
-                    yield Row(method, point, [])
+                    yield _row(method, point, [])
                     continue
                 error, seconds = ctx.error(method, c.estimator_config(k, lr, c.lam, cg_steps=cg))
-                yield Row(method, point, [_rel(error), _seconds(seconds)],
+                yield _row(method, point, [_rel(error), _seconds(seconds)],
                           {"inner_lr": lr, "contraction": rho})
 
 
@@ -297,7 +294,7 @@ def _outer_loss_count(config: GradcheckConfig) -> int:
     return (config.iters + 1) * sum(len(_variants(config, m)) for m in config.methods)
 
 
-def _outer_loss(ctx: Context, done: Done) -> Iterator[Row]:
+def _outer_loss(ctx: Context, done: Done) -> Iterator[Record]:
     c, problem = ctx.config, ctx.problem
     lr = c.lr or problem.safe_lr(c.lam, c.nu)
     _, f_star = problem.optimum(c.lam)
@@ -309,7 +306,7 @@ def _outer_loss(ctx: Context, done: Done) -> Iterator[Row]:
                       for t in range(c.iters + 1)]
             if all(done(method, p) for p in points):
                 for p in points:
-                    yield Row(method, p, [])
+                    yield _row(method, p, [])
                 continue
             config = c.estimator_config(c.train_k, lr, c.lam, cg_steps=cg)
             params = {PARAM: problem.theta0.clone().requires_grad_(True)}
@@ -326,7 +323,7 @@ def _outer_loss(ctx: Context, done: Done) -> Iterator[Row]:
                     truth = problem.meta_gradient(theta, c.lam)
                     measurements.append(_rel(float((grad[PARAM] - truth).norm() / truth.norm())))
                     apply(optimizer, params, grad)
-                yield Row(method, point, [] if done(method, point) else measurements, info)
+                yield _row(method, point, [] if done(method, point) else measurements, info)
 
 
 def _nu_methods(config: GradcheckConfig) -> list[str]:
@@ -343,7 +340,7 @@ def _nu_lr(ctx: Context) -> float:
     return c.lr or ctx.problem.safe_lr(c.lam, max(c.nu_grid))
 
 
-def _error_vs_nu(ctx: Context, done: Done) -> Iterator[Row]:
+def _error_vs_nu(ctx: Context, done: Done) -> Iterator[Record]:
     c, problem = ctx.config, ctx.problem
     lr = _nu_lr(ctx)
     for k in c.nu_ks:
@@ -353,10 +350,10 @@ def _error_vs_nu(ctx: Context, done: Done) -> Iterator[Row]:
             for method in _nu_methods(c):
                 point = {"k": k, "nu": nu, "lam": c.lam}
                 if done(method, point):
-                    yield Row(method, point, [])
+                    yield _row(method, point, [])
                     continue
                 error, seconds = ctx.error(method, c.estimator_config(k, lr, c.lam, nu=nu))
-                yield Row(method, point,
+                yield _row(method, point,
                           [_rel(error), Measurement("delta", delta, "1", "closed_form"), _seconds(seconds)],
                           {"inner_lr": lr, "contraction": rho})
 
@@ -365,14 +362,14 @@ def _lambda_count(config: GradcheckConfig) -> int:
     return len(config.lam_grid)
 
 
-def _lambda(ctx: Context, done: Done) -> Iterator[Row]:
+def _lambda(ctx: Context, done: Done) -> Iterator[Record]:
     problem = ctx.problem
     for lam in ctx.config.lam_grid:
         point = {"lam": lam}
         if done("exact", point):
-            yield Row("exact", point, [])
+            yield _row("exact", point, [])
             continue
-        yield Row("exact", point, [
+        yield _row("exact", point, [
             Measurement("adaptation_distance", float(problem.adaptation_distances(lam).mean()), "1",
                         "closed_form"),
             Measurement("condition_number", float(problem.condition_numbers(lam).mean()), "1",
@@ -383,32 +380,8 @@ def _lambda(ctx: Context, done: Done) -> Iterator[Row]:
 # --- rates ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Fit:
-    """A log-log least-squares fit ``log y = slope·log x + b`` with a 95% t-interval."""
-
-    slope: float
-    lo: float
-    hi: float
-    r_squared: float
-    points: int
-
-
-def fit_slope(x: Sequence[float], y: Sequence[float]) -> Fit:
-    """Fit the log-log slope of y against x (scipy ``linregress``; CI = slope ± t₀.₉₇₅·stderr)."""
-    lx, ly = np.log(np.asarray(x, float)), np.log(np.asarray(y, float))
-    keep = np.isfinite(lx) & np.isfinite(ly)
-    lx, ly = lx[keep], ly[keep]
-    if len(lx) < 3:
-        return Fit(float("nan"), float("nan"), float("nan"), float("nan"), len(lx))
-    result = stats.linregress(lx, ly)
-    half = float(stats.t.ppf(0.975, len(lx) - 2) * result.stderr)
-    return Fit(float(result.slope), float(result.slope) - half, float(result.slope) + half,
-               float(result.rvalue**2), len(lx))
-
-
-def _fit_rows(method: str, point: dict[str, object], fit: Fit, theory: float, span: str) -> Row:
-    return Row(method, {**point, "x": None}, [
+def _fit_rows(method: str, point: dict[str, object], fit: Fit, theory: float, span: str) -> Record:
+    return _row(method, {**point, "x": None}, [
         Measurement("slope", fit.slope, "1", "linregress"),
         Measurement("slope_lo", fit.lo, "1", "linregress"),
         Measurement("slope_hi", fit.hi, "1", "linregress"),
@@ -503,7 +476,7 @@ def _rates_count(config: GradcheckConfig) -> int:
     return sum(len(config.fit_nus(m)) + 1 + per_method for m in _nu_methods(config))
 
 
-def _rates(ctx: Context, done: Done) -> Iterator[Row]:
+def _rates(ctx: Context, done: Done) -> Iterator[Record]:
     c, problem = ctx.config, ctx.problem
     methods = _nu_methods(c)
     # 1. error vs ν with a near-exact inner solve (heavy ball to 1e-14): Prop. 2's order.
@@ -517,7 +490,7 @@ def _rates(ctx: Context, done: Done) -> Iterator[Row]:
             error, _ = ctx.error(method, config)
             xs.append(nu)
             ys.append(error)
-            yield Row(method, point, [] if done(method, point) else [_rel(error)],
+            yield _row(method, point, [] if done(method, point) else [_rel(error)],
                       {"inner_lr": lr, "momentum": beta})
         point = {"fit": "nu", "solver": "heavy-ball", "k": steps, "lam": c.lam}
         yield _fit_rows(method, point, fit_slope(xs, ys), _theory(get(method).theory_nu), _span(xs))
@@ -532,7 +505,7 @@ def _rates(ctx: Context, done: Done) -> Iterator[Row]:
             point = {"fit": "delta", "solver": "gd", "k": k, "lam": c.lam, "x": delta}
             xs.append(delta)
             ys.append(errors[best])
-            yield Row(method, point, [] if done(method, point) else [
+            yield _row(method, point, [] if done(method, point) else [
                 _rel(errors[best]), Measurement("best_nu", c.nu_grid[best], "1", "grid_search")],
                 {"inner_lr": lr_gd})
         point = {"fit": "delta", "solver": "gd", "k": None, "lam": c.lam}
@@ -551,7 +524,7 @@ def _rates(ctx: Context, done: Done) -> Iterator[Row]:
             point = {"fit": "delta", "solver": "perturbed", "k": None, "lam": c.lam, "x": delta}
             xs.append(delta)
             ys.append(errors[best])
-            yield Row(method, point, [] if done(method, point) else [
+            yield _row(method, point, [] if done(method, point) else [
                 _rel(errors[best]), Measurement("best_nu", fine_nus[best], "1", "grid_search")])
         point = {"fit": "delta", "solver": "perturbed", "k": None, "lam": c.lam}
         yield _fit_rows(method, point, fit_slope(xs, ys), _theory(get(method).theory_delta), _span(xs))
@@ -593,66 +566,44 @@ def total_points(config: GradcheckConfig) -> int:
 
 
 @dataclass(frozen=True)
-class RunFiles:
-    """What a run wrote: each sub-experiment's CSV and the config hashes of its points."""
+class GradcheckRun:
+    """The runner's spec of a gradcheck invocation: one CSV per sub-experiment, in one folder."""
 
-    paths: dict[str, Path]
-    hashes: frozenset[str]
+    config: GradcheckConfig
 
-    def frame(self) -> pd.DataFrame:
-        """This run's rows (a resumed file may also hold rows of other settings: left out)."""
-        frames = [read_results(path) for path in self.paths.values() if path.exists()]
-        if not frames:
-            return pd.DataFrame()
-        frame = pd.concat(frames, ignore_index=True, sort=False)
-        return frame[frame["config_hash"].astype(str).isin(self.hashes)].reset_index(drop=True)
+    def outputs(self) -> list[Output]:
+        """One output per selected sub-experiment (``<folder>/<name>.csv``)."""
+        return [Output(name, REGISTRY_EXPERIMENTS[name].benchmark, REGISTRY_EXPERIMENTS[name].point_columns,
+                       REGISTRY_EXPERIMENTS[name].info_columns) for name in self.config.experiments]
+
+    def total(self) -> int:
+        """Points visited, over seeds and sub-experiments."""
+        return total_points(self.config)
+
+    def records(self, sink: Sink) -> Iterator[Record | Tick]:
+        """Each seed's problem, then every selected sub-experiment's records in turn."""
+        for seed in self.config.seeds:
+            ctx = Context(self.config, seed)
+            for name in self.config.experiments:
+                experiment = REGISTRY_EXPERIMENTS[name]
+                settings = {**ctx.settings(), **experiment.extra_settings(self.config)}
+
+                def done(method: str, point: dict[str, object], _name: str = name,
+                         _settings: dict[str, object] = settings, _seed: int = seed) -> bool:
+                    return sink.done(Record(method, point, _settings, _seed, output=_name))
+
+                yield Tick(0, name)
+                for row in experiment.rows(ctx, done):
+                    yield replace(row, settings=settings, seed=seed, output=name)
 
 
-def run(config: GradcheckConfig, out_dir: Path, resume: bool = False,
-        advance: Callable[[str], None] | None = None) -> RunFiles:
-    """Run the selected sub-experiments, writing ``out_dir/<name>.csv`` through ResultWriter.
+def run(config: GradcheckConfig, out_dir: Path, resume: bool = False, quiet: bool = True) -> RunFiles:
+    """Run the selected sub-experiments through the runner, into ``out_dir/<name>.csv``.
 
-    Args:
-        config: the run's settings.
-        out_dir: folder of this invocation. A new run refuses a folder that already holds
-            one of its CSV files; ``resume=True`` continues the files found there (new ones are
-            created) and skips finished points.
-        resume: continue an interrupted run.
-        advance: called with the sub-experiment's name after each point (progress bars).
-
-    Returns:
-        The CSV file of each sub-experiment and the config hashes of the points visited.
+    A new run refuses a folder that already holds one of its CSV files; ``resume=True``
+    continues the files found there (new ones are created) and skips finished points.
     """
-    out_dir = Path(out_dir)
-    if resume and not out_dir.is_dir():
-        raise FobbenchError(f"--resume: {out_dir} is not a gradcheck results folder")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise FobbenchError(f"--out: {out_dir} exists and is not a folder (gradcheck writes one CSV per "
-                            "sub-experiment into a folder)")
-    writers: dict[str, ResultWriter] = {}
-    hashes: set[str] = set()
-    for name in config.experiments:
-        experiment = REGISTRY_EXPERIMENTS[name]
-        path = out_dir / f"{name}.csv"
-        writers[name] = ResultWriter(path, experiment.benchmark, experiment.point_columns,
-                                     experiment.info_columns, resume=resume and path.exists())
-    for seed in config.seeds:
-        ctx = Context(config, seed)
-        for name in config.experiments:
-            experiment, writer = REGISTRY_EXPERIMENTS[name], writers[name]
-            settings = {**ctx.settings(), **experiment.extra_settings(config)}
-
-            def done(method: str, point: dict[str, object], _w: ResultWriter = writer,
-                     _settings: dict[str, object] = settings, _seed: int = seed) -> bool:
-                return _w.is_done(method, point, _settings, _seed)
-
-            for row in experiment.rows(ctx, done):
-                hashes.add(writer.point_hash(row.method, row.point, settings))
-                if row.measurements and not done(row.method, row.point):
-                    writer.write_point(row.method, row.point, settings, seed, row.measurements, row.info)
-                if advance is not None:
-                    advance(name)
-    return RunFiles({name: writer.path for name, writer in writers.items()}, frozenset(hashes))
+    return execute(GradcheckRun(config), Path(out_dir), resume=resume, quiet=quiet, label="gradcheck")
 
 
 # --- summaries ------------------------------------------------------------------------------

@@ -20,13 +20,14 @@ import itertools
 import math
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
 
 from fobbench.errors import FobbenchError
 from fobbench.estimators import BATCHING, EstimatorConfig, get, meta_gradient
+from fobbench.experiments.runner import Output, Record, Sink, Tick
 from fobbench.inner import InnerConfig
 from fobbench.measure.estimate import CpuSdpaOnMeta
 from fobbench.measure.memory import BACKENDS, MIB, PeakMemory, limit_bytes, measure_cpu, measure_estimate
@@ -48,7 +49,6 @@ SWEEP_SIZES = {"convnet": ("channels",), "transformer": ("d_model", "seq")}
 
 DEFAULT_DEPTH = {"convnet": 4, "transformer": 1}
 
-STATUS_OK = "ok"
 STATUS_OOM = "oom"
 INFO_COLUMNS = ("status", "sweep", "sdpa_backend", "message")
 
@@ -281,30 +281,20 @@ def sdpa_mode(settings: MemorySettings, method: str) -> tuple[str, bool]:
     return settings.sdpa, False
 
 
-@dataclass(frozen=True)
-class Row:
-    """The outcome of one (point, method): what the results file receives."""
-
-    method: str
-    point: dict[str, object]
-    memory: PeakMemory
-    info: dict[str, object]
-
-    def measurements(self) -> list[Measurement]:
-        """Peak above baseline (bytes, MiB), absolute peak, baseline, reserved and time."""
-        m = self.memory
-        by = m.measured_by
-        rows = [
-            Measurement("peak_bytes", m.peak_bytes, "bytes", by),
-            Measurement("peak_mib", m.peak_bytes / MIB, "MiB", by),
-            Measurement("peak_abs_bytes", m.absolute_bytes, "bytes", by),
-            Measurement("baseline_bytes", float(m.baseline_bytes), "bytes", by),
-        ]
-        if m.measured_by.startswith("cuda"):
-            rows.append(Measurement("reserved_bytes", m.reserved_bytes, "bytes", "cuda_max_memory_reserved"))
-        if m.measured_by != "estimate":
-            rows.append(Measurement("seconds", m.seconds, "s", "wall_clock"))
-        return rows
+def measurements(m: PeakMemory) -> list[Measurement]:
+    """Peak above baseline (bytes, MiB), absolute peak, baseline, reserved and time of one update."""
+    by = m.measured_by
+    rows = [
+        Measurement("peak_bytes", m.peak_bytes, "bytes", by),
+        Measurement("peak_mib", m.peak_bytes / MIB, "MiB", by),
+        Measurement("peak_abs_bytes", m.absolute_bytes, "bytes", by),
+        Measurement("baseline_bytes", float(m.baseline_bytes), "bytes", by),
+    ]
+    if m.measured_by.startswith("cuda"):
+        rows.append(Measurement("reserved_bytes", m.reserved_bytes, "bytes", "cuda_max_memory_reserved"))
+    if m.measured_by != "estimate":
+        rows.append(Measurement("seconds", m.seconds, "s", "wall_clock"))
+    return rows
 
 
 def measure_point(settings: MemorySettings, point: dict[str, int], method: str) -> tuple[PeakMemory, str]:
@@ -340,24 +330,44 @@ def measure_point(settings: MemorySettings, point: dict[str, int], method: str) 
     return memory, kernel
 
 
-def run(settings: MemorySettings, points: list[dict[str, int]], methods: list[str], sweep: str,
-        skip: Callable[[str, dict[str, object]], bool] = lambda method, point: False,
-        ) -> Iterator[Row | None]:
-    """Measure every (point, method) in order, yielding one :class:`Row` each.
+@dataclass(frozen=True)
+class MemorySweep:
+    """The runner's spec of a memory sweep: every (point, method) measured in order.
 
-    Points for which ``skip(method, point_row)`` is true (already in a resumed file) yield
-    ``None`` so progress can still advance. Out-of-memory points yield a row with status
-    ``oom`` and the sweep continues.
+    Attributes:
+        settings: everything but the swept sizes.
+        points: the swept sizes of each point (:func:`sweep_points`).
+        methods: estimators, measured one after another at each point.
+        sweep: the name of the swept size (``seq``, ``d_model``, ``channels``).
     """
-    fixed = settings.fixed_columns()
-    for sizes in points:
-        for method in methods:
-            point = {**sizes, **fixed}
-            if skip(method, point):
-                yield None
-                continue
-            memory, kernel = measure_point(settings, sizes, method)
-            info = {"status": memory.status, "sweep": sweep, "sdpa_backend": kernel,
-                    "message": memory.message}
-            yield Row(method, point, memory, info)
 
+    settings: MemorySettings
+    points: tuple[dict[str, int], ...]
+    methods: tuple[str, ...]
+    sweep: str
+
+    def outputs(self) -> list[Output]:
+        """One CSV; rows record the device the update ran on (``meta`` for estimates)."""
+        backend = self.settings.backend
+        return [Output("", self.settings.benchmark, self.settings.point_columns(), INFO_COLUMNS,
+                       device="meta" if backend == "estimate" else backend)]
+
+    def total(self) -> int:
+        """One unit per (point, method)."""
+        return len(self.points) * len(self.methods)
+
+    def records(self, sink: Sink) -> Iterator[Record | Tick]:
+        """Measure each (point, method) not already in a resumed file. Out-of-memory points
+        give a record with status ``oom`` and the sweep continues."""
+        fixed, hashed, seed = self.settings.fixed_columns(), self.settings.hashed(), self.settings.seed
+        for sizes in self.points:
+            for method in self.methods:
+                record = Record(method, {**sizes, **fixed}, hashed, seed)
+                if sink.done(record):
+                    yield record
+                    continue
+                memory, kernel = measure_point(self.settings, sizes, method)
+                info = {"status": memory.status, "sweep": self.sweep, "sdpa_backend": kernel,
+                        "message": memory.message}
+                yield Tick(0, f"{self.settings.benchmark} {self.sweep}={sizes[self.sweep]} {method}")
+                yield replace(record, measurements=measurements(memory), info=info)

@@ -1,0 +1,202 @@
+"""The one run protocol: experiments yield records, this runner writes them.
+
+An experiment (gradcheck, memory, train) is a typed spec that declares its results files
+(:class:`Output`) and, given a :class:`Sink`, yields :class:`Record` s (one point's
+measurements) and :class:`Tick` s (progress without a row). The runner owns everything
+around that for every benchmark alike:
+
+- the destination: ``--out`` or ``--resume`` (never both), else a fresh default path;
+- resume/skip: :meth:`Sink.done` tells the experiment which points a resumed file already
+  holds, and a record of such a point is never written twice;
+- writing through the results store's public API (:class:`~fobbench.results.ResultWriter`);
+- one progress bar.
+
+``fobbench run`` builds the same specs from a suite's TOML and calls :func:`execute` directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import pandas as pd
+
+from fobbench.errors import FobbenchError
+from fobbench.progress import progress
+from fobbench.results import Measurement, ResultWriter, read_results
+
+
+@dataclass(frozen=True)
+class Output:
+    """One results CSV of an experiment.
+
+    Attributes:
+        name: key of the file; the CSV is ``<folder>/<name>.csv`` when the experiment writes a
+            folder, else the destination itself.
+        benchmark: benchmark name of its rows (``gradcheck.error_vs_k``, ``memory.transformer``).
+        point_columns: parameters that define a point (hashed).
+        info_columns: per-point descriptions outside the hash.
+        device: ``cpu``, ``cuda`` or ``meta``, recorded with the provenance.
+    """
+
+    name: str
+    benchmark: str
+    point_columns: tuple[str, ...]
+    info_columns: tuple[str, ...] = ()
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class Record:
+    """One point: its identity and, unless it was skipped, its measurements.
+
+    Attributes:
+        method: estimator name.
+        point: values of the output's point columns.
+        settings: every other setting that changes the values (hashed, not written).
+        seed: the point's seed.
+        measurements: what was measured; empty for a point the experiment skipped.
+        info: values of the output's info columns.
+        output: which :class:`Output` it belongs to (its name; "" for the only one).
+        advance: progress units this record stands for (default 1).
+    """
+
+    method: str
+    point: Mapping[str, object]
+    settings: Mapping[str, object] = field(default_factory=dict)
+    seed: int = 0
+    measurements: list[Measurement] = field(default_factory=list)
+    info: Mapping[str, object] = field(default_factory=dict)
+    output: str = ""
+    advance: int = 1
+
+
+@dataclass(frozen=True)
+class Tick:
+    """Progress without a row (e.g. a training iteration): ``count`` units, optional label."""
+
+    count: int = 1
+    label: str | None = None
+
+
+class Sink:
+    """What the runner hands an experiment: resume state, point hashes and file locations."""
+
+    def __init__(self, writers: Mapping[str, ResultWriter]) -> None:
+        self._writers = dict(writers)
+        self.hashes: set[str] = set()
+
+    def _writer(self, output: str) -> ResultWriter:
+        if output not in self._writers:
+            if output == "" and len(self._writers) == 1:
+                return next(iter(self._writers.values()))
+            raise KeyError(f"no output named {output!r}")
+        return self._writers[output]
+
+    def done(self, record: Record) -> bool:
+        """True when a resumed file already holds this point at this seed."""
+        return self._writer(record.output).is_done(record.method, record.point, record.settings, record.seed)
+
+    def point_hash(self, record: Record) -> str:
+        """The config hash of the record's point (benchmark, method, point, settings)."""
+        return self._writer(record.output).point_hash(record.method, record.point, record.settings)
+
+    def path(self, output: str = "") -> Path:
+        """The CSV file of ``output``."""
+        return self._writer(output).path
+
+    def write(self, record: Record) -> None:
+        """Write a record's measurements unless the file already holds its point."""
+        self.hashes.add(self.point_hash(record))
+        if record.measurements and not self.done(record):
+            writer = self._writer(record.output)
+            writer.write_point(record.method, record.point, record.settings, record.seed, record.measurements,
+                               record.info)
+
+
+class Experiment(Protocol):
+    """A benchmark spec the runner can execute."""
+
+    def outputs(self) -> list[Output]:
+        """The results files it writes."""
+
+    def total(self) -> int:
+        """Progress units of a full run (records' ``advance`` plus ticks)."""
+
+    def records(self, sink: Sink) -> Iterator[Record | Tick]:
+        """Run, yielding each point's record (skipping points ``sink.done`` reports)."""
+
+
+def destination(out: Path | None, resume: Path | None, default: Callable[[], Path]) -> tuple[Path, bool]:
+    """The "--out or --resume" rule of every command: (path, resuming).
+
+    Raises:
+        FobbenchError: both were given.
+    """
+    if out is not None and resume is not None:
+        raise FobbenchError("give either --out or --resume, not both")
+    if resume is not None:
+        return Path(resume), True
+    return (Path(out) if out is not None else default()), False
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """What a run wrote: the CSV of each output and the config hashes of the points visited."""
+
+    paths: dict[str, Path]
+    hashes: frozenset[str]
+
+    def frame(self) -> pd.DataFrame:
+        """This run's rows (a resumed file may also hold rows of other settings: left out)."""
+        frames = [read_results(path) for path in self.paths.values() if path.exists()]
+        if not frames:
+            return pd.DataFrame()
+        frame = pd.concat(frames, ignore_index=True, sort=False)
+        return frame[frame["config_hash"].astype(str).isin(self.hashes)].reset_index(drop=True)
+
+
+def _writers(outputs: list[Output], path: Path, resume: bool) -> dict[str, ResultWriter]:
+    """One writer per output: ``path`` itself for a single unnamed output, else ``path/<name>.csv``."""
+    folder = len(outputs) > 1 or outputs[0].name != ""
+    if folder:
+        if resume and not path.is_dir():
+            raise FobbenchError(f"--resume: {path} is not a results folder")
+        if path.exists() and not path.is_dir():
+            raise FobbenchError(f"--out: {path} exists and is not a folder (this command writes one CSV per "
+                                "sub-experiment into a folder)")
+    writers = {}
+    for output in outputs:
+        file = path / f"{output.name}.csv" if folder else path
+        writers[output.name] = ResultWriter(file, output.benchmark, output.point_columns, output.info_columns,
+                                            device=output.device, resume=resume and (not folder or file.exists()))
+    return writers
+
+
+def execute(experiment: Experiment, path: Path, resume: bool = False, quiet: bool = True,
+            label: str = "") -> RunFiles:
+    """Run ``experiment`` into ``path`` (a file, or a folder for several outputs).
+
+    Args:
+        experiment: the spec.
+        path: destination (see :func:`destination`).
+        resume: continue the file(s) at ``path``, skipping finished points.
+        quiet: no progress bar.
+        label: progress bar description (default: the first output's benchmark).
+
+    Returns:
+        The files written and the hashes of the points visited.
+    """
+    outputs = experiment.outputs()
+    sink = Sink(_writers(outputs, Path(path), resume))
+    with progress(quiet) as bar:
+        task = bar.add_task(label or outputs[0].benchmark, total=experiment.total())
+        for item in experiment.records(sink):
+            if isinstance(item, Tick):
+                bar.update(task, advance=item.count, **({"description": item.label} if item.label else {}))
+                continue
+            sink.write(item)
+            bar.update(task, advance=item.advance)
+    return RunFiles({o.name: sink.path(o.name) for o in outputs}, frozenset(sink.hashes))
