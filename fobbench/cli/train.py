@@ -14,14 +14,15 @@ from rich.table import Table
 from fobbench.cli.app import app
 from fobbench.errors import FobbenchError
 from fobbench.estimators import EstimatorConfig, names, parse_methods
+from fobbench.experiments import runner
 from fobbench.experiments import train as experiment
 from fobbench.figures import train as figures
 from fobbench.figures.common import check_format
 from fobbench.inner import InnerConfig
 from fobbench.problems.base import FewShotProblem
-from fobbench.progress import console, out, progress
+from fobbench.progress import console, out
 from fobbench.ranges import parse_seeds
-from fobbench.results import ResultWriter, default_path, read_results
+from fobbench.results import default_path, read_results
 
 train_app = typer.Typer(
     help="Meta-train a few-shot classifier with each estimator; accuracy curves, final table, speed.",
@@ -108,36 +109,31 @@ def _show(path: Path) -> None:
     out.print(f"acc: held-out query accuracy after adaptation at iteration iter, ±95% interval over {over}; "
               f"early: the same at the evaluation nearest iteration {figures.SUMMARY_ITERATION}; ms/it: time per "
               "meta-iteration without evaluation; ×floor: ms/it ÷ the plain fwd+bwd passes the method must do "
-              "(2K of support+query for FO-B-MAML; K support + 1 query for MAML, FO-MAML, iMAML; K support "
-              "for Reptile); wall: seconds of the run's wall time with evaluations.")
+              "(each estimator's registered floor, e.g. 2K of support+query for FO-B-MAML-sym, K support + 1 "
+              "query for MAML); wall: seconds of the run's wall time with evaluations.")
 
 
 def _train(problem_factory, benchmark: str, config: experiment.TrainConfig, threads: int | None,
            out_file: Path | None, resume: Path | None, no_plot: bool, fmt: str, quiet: bool) -> None:
     """Shared body of the train commands: writer → loop with progress → table → figures."""
-    if out_file is not None and resume is not None:
-        raise FobbenchError("give either --out or --resume, not both")
     check_format(fmt)
     if threads is not None:
         if threads < 1:
             raise FobbenchError(f"--threads must be >= 1 (got {threads})")
         torch.set_num_threads(threads)
+    path, resuming = runner.destination(out_file, resume, lambda: default_path(benchmark))
     problem: FewShotProblem = problem_factory()
-    path = resume if resume is not None else (out_file if out_file is not None else default_path(benchmark))
-    writer = ResultWriter(path, benchmark, experiment.POINT_COLUMNS, device=config.device,
-                          resume=resume is not None)
-    total = len(config.methods) * len(config.seeds) * config.iterations
-    with progress(quiet) as bar:
-        task = bar.add_task(f"{benchmark} {','.join(config.methods)}", total=total)
-        folder = experiment.run(problem, config, writer, resume=resume is not None,
-                                advance=lambda n: bar.advance(task, n))
-    _show(writer.path)
-    console.print(f"results: {writer.path}\ncheckpoints: {folder}", soft_wrap=True)
+    spec = experiment.TrainRun(problem, config, benchmark)
+    path = runner.execute(spec, path, resume=resuming, quiet=quiet,
+                          label=f"{benchmark} {','.join(config.methods)}").paths[""]
+    folder = experiment.checkpoint_folder(path)
+    _show(path)
+    console.print(f"results: {path}\ncheckpoints: {folder}", soft_wrap=True)
     if not no_plot:
         from fobbench.figures.train import draw
 
-        figure_dir = writer.path.parent / f"{writer.path.stem}-figures"
-        paths = draw(read_results(writer.path), figure_dir, fmt)
+        figure_dir = path.parent / f"{path.stem}-figures"
+        paths = draw(read_results(path), figure_dir, fmt)
         if paths:
             console.print(f"figures: {figure_dir}/ ({len(paths)} files)", soft_wrap=True)
 

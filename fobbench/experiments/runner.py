@@ -84,8 +84,10 @@ class Tick:
 class Sink:
     """What the runner hands an experiment: resume state, point hashes and file locations."""
 
-    def __init__(self, writers: Mapping[str, ResultWriter]) -> None:
+    def __init__(self, writers: Mapping[str, ResultWriter], resuming: bool = False) -> None:
         self._writers = dict(writers)
+        self.resuming = resuming
+        """True when the run continues earlier files (experiments with checkpoints load them)."""
         self.hashes: set[str] = set()
 
     def _writer(self, output: str) -> ResultWriter:
@@ -190,7 +192,7 @@ def execute(experiment: Experiment, path: Path, resume: bool = False, quiet: boo
         The files written and the hashes of the points visited.
     """
     outputs = experiment.outputs()
-    sink = Sink(_writers(outputs, Path(path), resume))
+    sink = Sink(_writers(outputs, Path(path), resume), resuming=resume)
     with progress(quiet) as bar:
         task = bar.add_task(label or outputs[0].benchmark, total=experiment.total())
         for item in experiment.records(sink):

@@ -28,8 +28,8 @@ import os
 import random
 import statistics
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,11 +38,12 @@ from torch import Tensor, nn
 
 from fobbench.errors import FobbenchError
 from fobbench.estimators import BATCHING, EstimatorConfig, FloorPasses, get, meta_gradient
+from fobbench.experiments.runner import Output, Record, Sink, Tick
 from fobbench.inner import solve
 from fobbench.meta_optim import OUTER, apply, make_outer
 from fobbench.params import Data, LossFn, Params, classification_loss, detached
 from fobbench.problems.base import FewShotProblem, TaskBatch
-from fobbench.results import Measurement, ResultWriter
+from fobbench.results import Measurement
 from fobbench.stats import t_half_width
 
 POINT_COLUMNS = (
@@ -346,126 +347,167 @@ def settings_of(problem: FewShotProblem, config: TrainConfig) -> tuple[dict[str,
     return point, settings
 
 
-def run_one(problem: FewShotProblem, config: TrainConfig, method: str, seed: int, writer: ResultWriter,
-            checkpoints: Path, resume: bool = False,
-            advance: Callable[[int], None] = lambda n: None) -> None:
-    """Meta-train ``method`` from seed ``seed``, writing evaluation rows and checkpoints.
+class _MethodRun:
+    """Meta-training of one (method, seed): set-up, resume, evaluation, steps, checkpoints.
 
-    With ``resume``, continues from this run's checkpoint (when there is one) and skips
-    rows the results file already holds; the rows it adds are identical to those an
-    uninterrupted run writes, apart from the timing metrics.
+    Built from the seed (same θ₀ for every method); :meth:`restore` continues from this run's
+    checkpoint. Every random draw is a function of ``(seed, t)``, so a resumed run reproduces
+    an uninterrupted one exactly (timing metrics apart).
     """
-    started = time.perf_counter()
-    device, est, total = config.device, config.estimator, config.iterations
-    point, settings = settings_of(problem, config)
-    run_hash = writer.point_hash(method, point, settings)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = problem.model()
-    model = model.to(device)
-    theta: Params = dict(model.named_parameters())
-    optimizer = make_outer(config.outer, theta.values(), config.meta_lr)
-    loss = classification_loss(model)
-    timer = _Timer()
-    start = 0
-    path = checkpoint_path(checkpoints, method, seed)
-    if resume and path.is_file():
-        state = load_checkpoint(path)
-        if state.get("run_hash") != run_hash:
+
+    def __init__(self, problem: FewShotProblem, config: TrainConfig, method: str, seed: int, sink: Sink,
+                 checkpoints: Path) -> None:
+        self.started = time.perf_counter()
+        self.problem, self.config, self.method, self.seed, self.sink = problem, config, method, seed, sink
+        self.point, self.settings = settings_of(problem, config)
+        self.run_hash = sink.point_hash(Record(method, self.point, self.settings, seed))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.model = problem.model().to(config.device)
+        self.theta: Params = dict(self.model.named_parameters())
+        self.optimizer = make_outer(config.outer, self.theta.values(), config.meta_lr)
+        self.loss = classification_loss(self.model)
+        self.timer = _Timer()
+        self.path = checkpoint_path(checkpoints, method, seed)
+        self.floor = 0.0
+
+    def restore(self) -> int:
+        """Load this run's checkpoint (θ, optimizer, RNG, timers); the iteration it reached."""
+        state = load_checkpoint(self.path)
+        if state.get("run_hash") != self.run_hash:
             raise FobbenchError(
-                f"--resume: {path} was written with other settings than this command's; "
+                f"--resume: {self.path} was written with other settings than this command's; "
                 "rerun with the original options"
             )
         with torch.no_grad():
             for name, value in state["theta"].items():  # type: ignore[union-attr]
-                theta[name].copy_(value)
-        optimizer.load_state_dict(state["optimizer"])  # type: ignore[arg-type]
+                self.theta[name].copy_(value)
+        self.optimizer.load_state_dict(state["optimizer"])  # type: ignore[arg-type]
         _set_rng_state(state["rng"])  # type: ignore[arg-type]
-        start = int(state["iteration"])  # type: ignore[arg-type]
-        timer = _Timer(**state["timer"])  # type: ignore[arg-type]
-    if start >= total:
-        advance(total)
-        return
-    advance(start)
+        self.timer = _Timer(**state["timer"])  # type: ignore[arg-type]
+        return int(state["iteration"])  # type: ignore[arg-type]
 
-    # Evaluation adapts at most a meta-batch of tasks at once (Omniglot's 200 tasks in one
-    # vmap call would hold gigabytes of activations).
-    eval_chunk = config.chunk_size or config.meta_batch
-    eval_tasks = to_device(problem.sample("eval", config.eval_tasks, stream("eval")), device)
-    train_tasks = to_device(problem.sample("train", config.eval_tasks, stream("train-eval")), device)
-    floor = measure_floor(
-        loss, theta, to_device(problem.sample("train", config.meta_batch, stream(seed, "floor")), device),
-        floor_passes(method, est), config.floor_repeats, device,
-    )
+    def prepare(self) -> None:
+        """The fixed evaluation tasks and the speed floor of this method on one meta-batch."""
+        config, device, problem = self.config, self.config.device, self.problem
+        self.eval_tasks = to_device(problem.sample("eval", config.eval_tasks, stream("eval")), device)
+        self.train_tasks = to_device(problem.sample("train", config.eval_tasks, stream("train-eval")), device)
+        batch = to_device(problem.sample("train", config.meta_batch, stream(self.seed, "floor")), device)
+        self.floor = measure_floor(self.loss, self.theta, batch, floor_passes(self.method, config.estimator),
+                                   config.floor_repeats, device)
 
-    def record(t: int) -> None:
-        row = {**point, "iteration": t}
-        if writer.is_done(method, row, settings, seed):
-            return
-        held_out = evaluate(model, theta, eval_tasks, est, eval_chunk)
-        seen = evaluate(model, theta, train_tasks, est, eval_chunk)
+    def record(self, t: int) -> Record:
+        """Evaluation at iteration ``t`` (no measurements when a resumed file holds it)."""
+        record = Record(self.method, {**self.point, "iteration": t}, self.settings, self.seed)
+        if self.sink.done(record):
+            return record
+        # Evaluation adapts at most a meta-batch of tasks at once (Omniglot's 200 tasks in one
+        # vmap call would hold gigabytes of activations).
+        chunk = self.config.chunk_size or self.config.meta_batch
+        held_out = evaluate(self.model, self.theta, self.eval_tasks, self.config.estimator, chunk)
+        seen = evaluate(self.model, self.theta, self.train_tasks, self.config.estimator, chunk)
+        timer = self.timer
         measurements = [
             Measurement("eval_acc", held_out.acc, "1", "query_after_adaptation"),
             Measurement("eval_acc_ci95", held_out.ci95, "1", "t_interval_over_tasks"),
             Measurement("eval_loss", held_out.loss, "nats", "query_after_adaptation"),
             Measurement("train_acc", seen.acc, "1", "query_after_adaptation"),
             Measurement("train_loss", seen.loss, "nats", "query_after_adaptation"),
-            Measurement("wall_time", timer.wall + time.perf_counter() - started, "s", "wall_clock"),
+            Measurement("wall_time", timer.wall + time.perf_counter() - self.started, "s", "wall_clock"),
         ]
         if timer.timed:
             per_iter = timer.iter_seconds / timer.timed
             measurements += [
                 Measurement("sec_per_iter", per_iter, "s", "wall_clock"),
                 Measurement("grad_sec", timer.grad_seconds / timer.timed, "s", "wall_clock"),
-                Measurement("floor_sec", floor, "s", "wall_clock"),
-                Measurement("floor_ratio", per_iter / floor, "1", "wall_clock"),
+                Measurement("floor_sec", self.floor, "s", "wall_clock"),
+                Measurement("floor_ratio", per_iter / self.floor, "1", "wall_clock"),
             ]
-        writer.write_point(method, row, settings, seed, measurements)
+        return replace(record, measurements=measurements, advance=0)
 
-    if start == 0:
-        record(0)
-    first = True
-    for t in range(start + 1, total + 1):
+    def step(self, t: int, timed: bool) -> None:
+        """Meta-iteration ``t``: sample the meta-batch, estimate, one outer step (timed unless warm-up)."""
+        config, device = self.config, self.config.device
         _sync(device)
         tick = time.perf_counter()
-        batch = to_device(problem.sample("train", config.meta_batch, stream(seed, "train", t)), device)
+        batch = to_device(self.problem.sample("train", config.meta_batch, stream(self.seed, "train", t)), device)
         estimate = meta_gradient(
-            method, theta, loss, batch.support, batch.query, est, batching=config.batching,
-            chunk_size=config.chunk_size, generator=stream(seed, "noise", t),
+            self.method, self.theta, self.loss, batch.support, batch.query, config.estimator,
+            batching=config.batching, chunk_size=config.chunk_size, generator=stream(self.seed, "noise", t),
         )
-        apply(optimizer, theta, estimate.grad)
+        apply(self.optimizer, self.theta, estimate.grad)
         _sync(device)
-        if not first or start + 1 == total:
-            timer.iter_seconds += time.perf_counter() - tick
-            timer.grad_seconds += estimate.seconds
-            timer.timed += 1
-        first = False
+        if timed:
+            self.timer.iter_seconds += time.perf_counter() - tick
+            self.timer.grad_seconds += estimate.seconds
+            self.timer.timed += 1
+
+    def checkpoint(self, t: int) -> None:
+        """Save θ, optimizer, RNG states and timers after iteration ``t`` (atomic rename)."""
+        save_checkpoint(self.path, {
+            "format": "fobbench.train-checkpoint/1",
+            "run_hash": self.run_hash,
+            "method": self.method,
+            "seed": self.seed,
+            "iteration": t,
+            "theta": {n: p.detach().cpu().clone() for n, p in self.theta.items()},
+            "optimizer": self.optimizer.state_dict(),
+            "rng": _rng_state(),
+            "timer": {**self.timer.__dict__, "wall": self.timer.wall + time.perf_counter() - self.started},
+        })
+
+
+def run_one(problem: FewShotProblem, config: TrainConfig, method: str, seed: int, sink: Sink,
+            checkpoints: Path) -> Iterator[Record | Tick]:
+    """Meta-train ``method`` from seed ``seed``: evaluation records, one tick per iteration.
+
+    On a resumed sink, continues from this run's checkpoint (when there is one); records of
+    points the file already holds carry no measurements. Each process does not time its first
+    iteration (warm-up) unless it is the only one.
+    """
+    run = _MethodRun(problem, config, method, seed, sink, checkpoints)
+    total = config.iterations
+    start = run.restore() if sink.resuming and run.path.is_file() else 0
+    if start >= total:
+        yield Tick(total)
+        return
+    yield Tick(start)
+    run.prepare()
+    if start == 0:
+        yield run.record(0)
+    for t in range(start + 1, total + 1):
+        run.step(t, timed=t > start + 1 or start + 1 == total)
         if t % config.eval_every == 0 or t == total:
-            record(t)
+            yield run.record(t)
         if t % config.checkpoint_every == 0 or t == total:
-            save_checkpoint(path, {
-                "format": "fobbench.train-checkpoint/1",
-                "run_hash": run_hash,
-                "method": method,
-                "seed": seed,
-                "iteration": t,
-                "theta": {n: p.detach().cpu().clone() for n, p in theta.items()},
-                "optimizer": optimizer.state_dict(),
-                "rng": _rng_state(),
-                "timer": {**timer.__dict__, "wall": timer.wall + time.perf_counter() - started},
-            })
-        advance(1)
+            run.checkpoint(t)
+        yield Tick(1)
 
 
-def run(problem: FewShotProblem, config: TrainConfig, writer: ResultWriter, resume: bool = False,
-        advance: Callable[[int], None] = lambda n: None) -> Path:
-    """Meta-train every method × seed of ``config`` on ``problem``; returns the checkpoint folder.
+@dataclass(frozen=True)
+class TrainRun:
+    """The runner's spec of a training run: every method × seed of ``config`` on ``problem``.
 
     Methods run one after another for each seed (method-major), all from the same θ₀ and
     task stream per seed, so differences between methods come from the estimators.
+    Checkpoints go to ``<csv stem>-checkpoints/`` beside the results file.
     """
-    folder = checkpoint_folder(writer.path)
-    for method in config.methods:
-        for seed in config.seeds:
-            run_one(problem, config, method, seed, writer, folder, resume, advance)
-    return folder
+
+    problem: FewShotProblem
+    config: TrainConfig
+    benchmark: str
+
+    def outputs(self) -> list[Output]:
+        """One CSV of evaluation rows."""
+        return [Output("", self.benchmark, POINT_COLUMNS, device=self.config.device)]
+
+    def total(self) -> int:
+        """One unit per meta-iteration of every (method, seed)."""
+        return len(self.config.methods) * len(self.config.seeds) * self.config.iterations
+
+    def records(self, sink: Sink) -> Iterator[Record | Tick]:
+        """Each (method, seed) run in turn."""
+        folder = checkpoint_folder(sink.path())
+        for method in self.config.methods:
+            for seed in self.config.seeds:
+                yield from run_one(self.problem, self.config, method, seed, sink, folder)
