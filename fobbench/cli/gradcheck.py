@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
-import torch
 import typer
 from rich import box
 from rich.table import Table
@@ -132,47 +132,51 @@ def gradcheck(
     Writes one CSV per sub-experiment (benchmark gradcheck.<name>) into one folder, figures as PNG
     next to them, and prints the estimator × K error table with a headline finding.
     """
-    folder, resuming = runner.destination(out_dir, resume, experiment.default_out)
-    if threads < 1:
-        raise FobbenchError(f"--threads must be >= 1 (got {threads})")
-    config = experiment.GradcheckConfig(
-        experiments=experiment.parse_experiments(experiments),
-        methods=tuple(parse_methods(methods)),
-        ks=tuple(parse_range(k, "--k", int)),
-        nu=nu,
-        lam=lam,
-        nu_grid=tuple(parse_range(nu_grid, "--nu-grid", float)),
-        nu_ks=tuple(parse_range(nu_k, "--nu-k", int)),
-        lam_grid=tuple(parse_range(lam_grid, "--lam-grid", float)),
-        rate_nus=None if rate_nu is None else tuple(parse_range(rate_nu, "--rate-nu", float)),
-        rate_deltas=tuple(parse_range(rate_delta, "--rate-delta", float)),
-        train_k=train_k,
-        iters=iters,
-        outer=outer,
-        outer_lr=outer_lr,
-        lr=lr,
-        cg_steps=tuple(parse_range(cg_steps, "--cg-steps", int)),
-        es_samples=es_samples,
-        es_sigma=es_sigma,
-        dim=dim,
-        tasks=tasks,
-        cond=cond,
-        distinct_test=distinct_test,
-        seeds=parse_seeds(seed, "--seed"),
-        batching=batching,
-    )
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        files = experiment.run(config, folder, resume=resuming, quiet=quiet)
-    finally:
-        torch.set_num_threads(previous_threads)
-    _show(files)
-    figures = []
-    if not no_plot:
-        from fobbench.figures import gradcheck as figures_module
+    runner.carry_out(plan(dict(locals())))
 
-        figures = figures_module.draw(files.frame(), Path(folder))
-    if not quiet:
-        console.print(f"results: {folder}/ ({', '.join(p.name for p in files.paths.values())})"
-                      + (f"; figures: {', '.join(p.name for p in figures)}" if figures else ""))
+
+def plan(p: Mapping[str, Any]) -> runner.Plan:
+    """The runner's plan of ``fobbench gradcheck`` from its option values (by parameter name)."""
+    folder, resuming = runner.destination(p["out_dir"], p["resume"], experiment.default_out)
+    config = experiment.GradcheckConfig(
+        experiments=experiment.parse_experiments(p["experiments"]),
+        methods=tuple(parse_methods(p["methods"])),
+        ks=tuple(parse_range(p["k"], "--k", int)),
+        nu=p["nu"],
+        lam=p["lam"],
+        nu_grid=tuple(parse_range(p["nu_grid"], "--nu-grid", float)),
+        nu_ks=tuple(parse_range(p["nu_k"], "--nu-k", int)),
+        lam_grid=tuple(parse_range(p["lam_grid"], "--lam-grid", float)),
+        rate_nus=None if p["rate_nu"] is None else tuple(parse_range(p["rate_nu"], "--rate-nu", float)),
+        rate_deltas=tuple(parse_range(p["rate_delta"], "--rate-delta", float)),
+        train_k=p["train_k"],
+        iters=p["iters"],
+        outer=p["outer"],
+        outer_lr=p["outer_lr"],
+        lr=p["lr"],
+        cg_steps=tuple(parse_range(p["cg_steps"], "--cg-steps", int)),
+        es_samples=p["es_samples"],
+        es_sigma=p["es_sigma"],
+        dim=p["dim"],
+        tasks=p["tasks"],
+        cond=p["cond"],
+        distinct_test=p["distinct_test"],
+        seeds=parse_seeds(p["seed"], "--seed"),
+        batching=p["batching"],
+    )
+    if p["threads"] < 1:
+        raise FobbenchError(f"--threads must be >= 1 (got {p['threads']})")
+
+    def show(files: runner.RunFiles) -> None:
+        _show(files)
+        figures = []
+        if not p["no_plot"]:
+            from fobbench.figures import gradcheck as figures_module
+
+            figures = figures_module.draw(files.frame(), Path(folder))
+        if not p["quiet"]:
+            console.print(f"results: {folder}/ ({', '.join(f.name for f in files.paths.values())})"
+                          + (f"; figures: {', '.join(f.name for f in figures)}" if figures else ""))
+
+    return runner.Plan(experiment.GradcheckRun(config), Path(folder), resuming, p["quiet"], p["threads"],
+                       "gradcheck", show)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import pandas as pd
 import typer
@@ -137,36 +138,51 @@ def memory(
     over the tasks plus an outer SGD step). Without --limit nothing stops a large point: use
     --estimate to predict sizes that would not fit.
     """
-    if estimate and device == Device.cuda:
+    runner.carry_out(plan(dict(locals())))
+
+
+def _choice(value: object) -> str:
+    """An option value that may arrive as a Typer Enum (CLI) or as its string (``fobbench run``)."""
+    return str(getattr(value, "value", value))
+
+
+def plan(p: Mapping[str, Any]) -> runner.Plan:
+    """The runner's plan of ``fobbench memory`` from its option values (by parameter name)."""
+    arch, device = _choice(p["arch"]), _choice(p["device"])
+    if p["estimate"] and device == "cuda":
         raise FobbenchError(
             "--estimate runs on the meta device and predicts CPU accounting; drop --device cuda"
         )
+    limit = p["limit"]
     if limit is not None and not (limit > 0 and math.isfinite(limit)):
         raise FobbenchError(f"--limit must be a positive number of MiB (got {limit})")
-    backend = "estimate" if estimate else device.value
+    backend = "estimate" if p["estimate"] else device
     settings = experiment.MemorySettings(
-        arch=arch.value, backend=backend, tasks=tasks, batch=batch, ways=ways, depth=depth, heads=heads,
-        ffn=ffn, image=image, in_channels=in_channels, steps=k, inner_lr=inner_lr, lam=lam, nu=nu,
-        cg_steps=cg_steps, es_samples=es_samples, es_sigma=es_sigma, outer_lr=outer_lr,
-        batching=batching.value, sdpa=sdpa.value, limit_mib=limit, seed=seed,
+        arch=arch, backend=backend, tasks=p["tasks"], batch=p["batch"], ways=p["ways"], depth=p["depth"],
+        heads=p["heads"], ffn=p["ffn"], image=p["image"], in_channels=p["in_channels"], steps=p["k"],
+        inner_lr=p["inner_lr"], lam=p["lam"], nu=p["nu"], cg_steps=p["cg_steps"], es_samples=p["es_samples"],
+        es_sigma=p["es_sigma"], outer_lr=p["outer_lr"], batching=_choice(p["batching"]), sdpa=_choice(p["sdpa"]),
+        limit_mib=limit, seed=p["seed"],
     )
-    chosen = parse_methods(methods, "--methods", allow_exact=False)
-    sweep, points = experiment.sweep_points(arch.value, _sizes(arch.value, channels, d_model, seq))
+    chosen = parse_methods(p["methods"], "--methods", allow_exact=False)
+    sweep, points = experiment.sweep_points(arch, _sizes(arch, p["channels"], p["d_model"], p["seq"]))
     settings.check(points)
     if backend == "cuda":
         from fobbench.measure.cuda import require_cuda
 
         require_cuda()
-    path, resuming = runner.destination(out_file, resume, lambda: default_path(settings.benchmark))
-    spec = experiment.MemorySweep(settings, tuple(points), tuple(chosen), sweep)
-    frame = runner.execute(spec, path, resume=resuming, quiet=quiet).frame()
-    kind = {"cpu": "CPU live tensors", "cuda": "CUDA max_memory_allocated",
-            "estimate": "ESTIMATE (meta device)"}
-    out.print(_table(frame, sweep, f"peak MiB above baseline, {kind[backend]}, {settings.benchmark}"))
-    console.print(f"results: {path}")
-    if not no_plot and not frame.empty:
-        from fobbench.figures.memory import draw
+    path, resuming = runner.destination(p["out_file"], p["resume"], lambda: default_path(settings.benchmark))
+    kind = {"cpu": "CPU live tensors", "cuda": "CUDA max_memory_allocated", "estimate": "ESTIMATE (meta device)"}
 
-        frame = read_results(path)
-        for figure in draw(frame, path.parent / path.stem, fmt.value):
-            console.print(f"figure: {figure}")
+    def show(files: runner.RunFiles) -> None:
+        frame = files.frame()
+        out.print(_table(frame, sweep, f"peak MiB above baseline, {kind[backend]}, {settings.benchmark}"))
+        console.print(f"results: {path}")
+        if not p["no_plot"] and not frame.empty:
+            from fobbench.figures.memory import draw
+
+            for figure in draw(read_results(path), path.parent / path.stem, _choice(p["fmt"])):
+                console.print(f"figure: {figure}")
+
+    spec = experiment.MemorySweep(settings, tuple(points), tuple(chosen), sweep)
+    return runner.Plan(spec, Path(path), resuming, p["quiet"], None, settings.benchmark, show)

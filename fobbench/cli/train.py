@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import Any
 
-import torch
 import typer
 from rich import box
 from rich.table import Table
 
+from fobbench.cli import options
 from fobbench.cli.app import app
+from fobbench.cli.options import opt
 from fobbench.errors import FobbenchError
-from fobbench.estimators import EstimatorConfig, names, parse_methods
+from fobbench.estimators import EstimatorConfig, hyperparameter_help, names, parse_methods
 from fobbench.experiments import runner
 from fobbench.experiments import train as experiment
 from fobbench.figures import train as figures
@@ -30,55 +32,58 @@ train_app = typer.Typer(
 )
 app.add_typer(train_app, name="train")
 
-# Options shared by both problems (typed once, used in both signatures).
-Method = Annotated[str, typer.Option("--method", help="One estimator (ignored when --methods is given).")]
-Methods = Annotated[str | None, typer.Option(
-    "--methods", help=f"Comma-separated estimators side by side, or all ({', '.join(names(trainable=True))}).")]
-Iterations = Annotated[int, typer.Option("--iterations", help="Meta-iterations T (outer steps).")]
-MetaBatch = Annotated[int, typer.Option("--meta-batch", help="Tasks per meta-gradient.")]
-InnerLr = Annotated[float, typer.Option("--inner-lr", help="Inner step size α of every method.")]
-MetaLr = Annotated[float, typer.Option("--meta-lr", help="Outer (meta) step size.")]
-InnerSteps = Annotated[int, typer.Option("--inner-steps", help="Inner steps K.")]
-InnerOpt = Annotated[str, typer.Option("--inner-optimizer", help="Inner solver: gd, momentum or adam.")]
-Lam = Annotated[float, typer.Option("--lam", help="Proximal strength λ > 0 of the inner problem.")]
-Nu = Annotated[float, typer.Option("--nu", help="FO-B-MAML perturbation ν ≠ 0.")]
-CgSteps = Annotated[int, typer.Option("--cg-steps", help="iMAML conjugate-gradient steps.")]
-EsSamples = Annotated[int, typer.Option("--es-samples", help="ES-MAML antithetic Gaussian directions.")]
-EsSigma = Annotated[float, typer.Option("--es-sigma", help="ES-MAML smoothing radius σ.")]
-Outer = Annotated[str, typer.Option("--outer", help="Outer optimizer: sgd, clipped, sngdm or adam.")]
-EvalEvery = Annotated[int, typer.Option("--eval-every", help="Iterations between evaluations (also at 0 and T).")]
-EvalTasks = Annotated[int, typer.Option("--eval-tasks", help="Fixed held-out tasks per evaluation.")]
-Seeds = Annotated[str, typer.Option(
-    "--seeds", help="Seeds (repeats): 0..4 is 0,1,2,3,4; or a list 0,3,7.")]
-CheckpointEvery = Annotated[int, typer.Option(
-    "--checkpoint-every", help="Iterations between checkpoints (also at T), saved beside the CSV.")]
-ChunkSize = Annotated[int | None, typer.Option(
-    "--chunk-size", help="Tasks per vmap chunk (default: the whole meta-batch at once).")]
-Batching = Annotated[str, typer.Option("--batching", help="vmap (tasks batched) or loop (one task at a time).")]
-Device = Annotated[str, typer.Option("--device", help="cpu or cuda.")]
-Threads = Annotated[int | None, typer.Option(
-    "--threads", help="torch CPU threads (default: torch's; 1 is steadier on a shared machine).")]
-OutFile = Annotated[Path | None, typer.Option("--out", help="Results CSV (default: results/train/<UTC stamp>-<commit>.csv).")]
-Resume = Annotated[Path | None, typer.Option(
-    "--resume", help="Continue an interrupted run's CSV from its checkpoints (same options).")]
-NoPlot = Annotated[bool, typer.Option("--no-plot", help="Do not write figures beside the CSV.")]
-Format = Annotated[str, typer.Option("--format", help="Figure format: png, svg or pdf.")]
-Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bar.")]
-Ways = Annotated[int, typer.Option("--ways", help="N classes per task.")]
-Shots = Annotated[int, typer.Option("--shots", help="K support examples per class.")]
-Queries = Annotated[int, typer.Option("--queries", help="Query examples per class.")]
+SHARED = (
+    opt("method", str, "fobmaml-sym", help="One estimator (ignored when --methods is given)."),
+    opt("methods", str | None, None,
+        help=f"Comma-separated estimators side by side, or all ({', '.join(names(trainable=True))})."),
+    opt("iterations", int, 600, help="Meta-iterations T (outer steps)."),
+    opt("meta_batch", int, 16, help="Tasks per meta-gradient."),
+    opt("inner_steps", int, 5, help="Inner steps K of every method."),
+    opt("inner_lr", float, 0.1, help="Inner step size α of every method."),
+    opt("inner_optimizer", str, "gd", help="Inner solver: gd, momentum or adam."),
+    opt("meta_lr", float, 3e-3, help="Outer (meta) step size."),
+    opt("outer", str, "adam", help="Outer optimizer: sgd, clipped, sngdm or adam."),
+    opt("lam", float, 2.0, help="Proximal strength λ > 0 of the inner problem."),
+    opt("nu", float, 0.1, help=hyperparameter_help("nu")),
+    opt("cg_steps", int, 5, help=hyperparameter_help("cg_steps")),
+    opt("es_samples", int, 16, help=hyperparameter_help("es_samples")),
+    opt("es_sigma", float, 0.01, help=hyperparameter_help("es_sigma")),
+    opt("ways", int, 3, help="N classes per task."),
+    opt("shots", int, 5, help="K support examples per class."),
+    opt("queries", int, 10, help="Query examples per class."),
+    opt("eval_every", int, 50, help="Iterations between evaluations (also at 0 and T)."),
+    opt("eval_tasks", int, 200, help="Fixed held-out tasks per evaluation."),
+    opt("seeds", str, "0", help="Seeds (repeats): 0..4 is 0,1,2,3,4; or a list 0,3,7."),
+    opt("checkpoint_every", int, 100, help="Iterations between checkpoints (also at T), saved beside the CSV."),
+    opt("chunk_size", int | None, None, help="Tasks per vmap chunk (default: the whole meta-batch at once)."),
+    opt("batching", str, "vmap", help="vmap (tasks batched) or loop (one task at a time)."),
+    opt("device", str, "cpu", help="cpu or cuda."),
+    opt("threads", int | None, None, help="torch CPU threads (default: torch's; 1 is steadier on a shared machine)."),
+    opt("out_file", Path | None, None, "--out", help="Results CSV (default: results/train/<UTC stamp>-<commit>.csv)."),
+    opt("resume", Path | None, None, help="Continue an interrupted run's CSV from its checkpoints (same options)."),
+    opt("no_plot", bool, False, help="Do not write figures beside the CSV."),
+    opt("fmt", str, "png", "--format", help="Figure format: png, svg or pdf."),
+    opt("quiet", bool, False, help="No progress bar."),
+)
+"""Options of both problems, declared once (problem-specific defaults are passed per command)."""
+
+ALIASES = (options.alias("--k", int), options.alias("--outer-lr", float), options.alias("--seed"))
+"""Old spellings accepted (hidden, with a deprecation note)."""
 
 
-def _config(method: str, methods: str | None, **values: object) -> experiment.TrainConfig:
-    chosen = parse_methods(methods if methods else method, "--methods" if methods else "--method",
-                          allow_exact=False)
-    inner = InnerConfig(steps=values.pop("inner_steps"), lr=values.pop("inner_lr"),  # type: ignore[arg-type]
-                        lam=values.pop("lam"), optimizer=values.pop("inner_optimizer"))  # type: ignore[arg-type]
-    estimator = EstimatorConfig(inner=inner, nu=values.pop("nu"), cg_steps=values.pop("cg_steps"),  # type: ignore[arg-type]
-                                es_samples=values.pop("es_samples"), es_sigma=values.pop("es_sigma"))  # type: ignore[arg-type]
-    seeds = parse_seeds(str(values.pop("seeds")))
-    return experiment.TrainConfig(methods=tuple(dict.fromkeys(chosen)), estimator=estimator, seeds=seeds,
-                                  **values)  # type: ignore[arg-type]
+def _config(p: Mapping[str, Any]) -> experiment.TrainConfig:
+    """The training settings from the option values."""
+    chosen = parse_methods(p["methods"] or p["method"], "--methods" if p["methods"] else "--method",
+                           allow_exact=False)
+    inner = InnerConfig(steps=p["inner_steps"], lr=p["inner_lr"], lam=p["lam"], optimizer=p["inner_optimizer"])
+    estimator = EstimatorConfig(inner=inner, nu=p["nu"], cg_steps=p["cg_steps"], es_samples=p["es_samples"],
+                                es_sigma=p["es_sigma"])
+    return experiment.TrainConfig(
+        methods=tuple(dict.fromkeys(chosen)), estimator=estimator, seeds=parse_seeds(str(p["seeds"])),
+        iterations=p["iterations"], meta_batch=p["meta_batch"], meta_lr=p["meta_lr"], outer=p["outer"],
+        eval_every=p["eval_every"], eval_tasks=p["eval_tasks"], checkpoint_every=p["checkpoint_every"],
+        chunk_size=p["chunk_size"], batching=p["batching"], device=p["device"],
+    )
 
 
 def _number(value: float, spec: str) -> str:
@@ -113,141 +118,79 @@ def _show(path: Path) -> None:
               "query for MAML); wall: seconds of the run's wall time with evaluations.")
 
 
-def _train(problem_factory, benchmark: str, config: experiment.TrainConfig, threads: int | None,
-           out_file: Path | None, resume: Path | None, no_plot: bool, fmt: str, quiet: bool) -> None:
-    """Shared body of the train commands: writer → loop with progress → table → figures."""
-    check_format(fmt)
-    if threads is not None:
-        if threads < 1:
-            raise FobbenchError(f"--threads must be >= 1 (got {threads})")
-        torch.set_num_threads(threads)
-    path, resuming = runner.destination(out_file, resume, lambda: default_path(benchmark))
-    problem: FewShotProblem = problem_factory()
-    spec = experiment.TrainRun(problem, config, benchmark)
-    path = runner.execute(spec, path, resume=resuming, quiet=quiet,
-                          label=f"{benchmark} {','.join(config.methods)}").paths[""]
-    folder = experiment.checkpoint_folder(path)
-    _show(path)
-    console.print(f"results: {path}\ncheckpoints: {folder}", soft_wrap=True)
-    if not no_plot:
-        from fobbench.figures.train import draw
+def plan(p: Mapping[str, Any], benchmark: str, problem: Callable[[Mapping[str, Any]], FewShotProblem]
+         ) -> runner.Plan:
+    """The runner's plan of a ``train`` command from its option values (by parameter name)."""
+    check_format(p["fmt"])
+    config = _config(p)
+    if p["threads"] is not None and p["threads"] < 1:
+        raise FobbenchError(f"--threads must be >= 1 (got {p['threads']})")
+    path, resuming = runner.destination(p["out_file"], p["resume"], lambda: default_path(benchmark))
 
-        figure_dir = path.parent / f"{path.stem}-figures"
-        paths = draw(read_results(path), figure_dir, fmt)
-        if paths:
-            console.print(f"figures: {figure_dir}/ ({len(paths)} files)", soft_wrap=True)
+    def show(files: runner.RunFiles) -> None:
+        written = files.paths[""]
+        _show(written)
+        console.print(f"results: {written}\ncheckpoints: {experiment.checkpoint_folder(written)}", soft_wrap=True)
+        if not p["no_plot"]:
+            from fobbench.figures.train import draw
+
+            figure_dir = written.parent / f"{written.stem}-figures"
+            paths = draw(read_results(written), figure_dir, p["fmt"])
+            if paths:
+                console.print(f"figures: {figure_dir}/ ({len(paths)} files)", soft_wrap=True)
+
+    spec = experiment.TrainRun(problem(p), config, benchmark)
+    return runner.Plan(spec, Path(path), resuming, p["quiet"], p["threads"],
+                       f"{benchmark} {','.join(config.methods)}", show)
 
 
-@train_app.command(
-    "mnist1d",
-    epilog="Example: fobbench train mnist1d --methods fobmaml-sym,maml,fomaml,reptile,imaml --iterations 600",
-)
-def mnist1d(
-    method: Method = "fobmaml-sym",
-    methods: Methods = None,
-    iterations: Iterations = 600,
-    meta_batch: MetaBatch = 16,
-    inner_lr: InnerLr = 0.1,
-    meta_lr: MetaLr = 3e-3,
-    inner_steps: InnerSteps = 5,
-    inner_optimizer: InnerOpt = "gd",
-    lam: Lam = 2.0,
-    nu: Nu = 0.1,
-    cg_steps: CgSteps = 5,
-    es_samples: EsSamples = 16,
-    es_sigma: EsSigma = 0.01,
-    outer: Outer = "adam",
-    ways: Ways = 3,
-    shots: Shots = 5,
-    queries: Queries = 10,
-    num_samples: Annotated[int, typer.Option(
-        "--num-samples", help="Examples generated by mnist1d (80% meta-train, 20% held out for evaluation).")]
-    = 12_000,
-    eval_every: EvalEvery = 50,
-    eval_tasks: EvalTasks = 200,
-    seeds: Seeds = "0",
-    checkpoint_every: CheckpointEvery = 100,
-    chunk_size: ChunkSize = None,
-    batching: Batching = "vmap",
-    device: Device = "cpu",
-    threads: Threads = None,
-    out_file: OutFile = None,
-    resume: Resume = None,
-    no_plot: NoPlot = False,
-    fmt: Format = "png",
-    quiet: Quiet = False,
-) -> None:
-    """MNIST-1D N-way K-shot (paper §6.2, App. D.2): Conv1D, 12,000 generated examples.
-
-    Meta-training tasks: the 9,600 training examples. Evaluation tasks: the 2,400 held-out examples.
-
-    Both splits hold all 10 classes. Data are generated offline by the mnist1d package and cached.
-    """
+def mnist1d_problem(p: Mapping[str, Any]) -> FewShotProblem:
+    """MNIST-1D tasks of the requested shape (data generated offline and cached)."""
     from fobbench.problems.mnist1d import MNIST1DProblem
 
-    config = _config(method, methods, iterations=iterations, meta_batch=meta_batch, inner_lr=inner_lr,
-                     meta_lr=meta_lr, inner_steps=inner_steps, inner_optimizer=inner_optimizer, lam=lam,
-                     nu=nu, cg_steps=cg_steps, es_samples=es_samples, es_sigma=es_sigma, outer=outer,
-                     eval_every=eval_every, eval_tasks=eval_tasks, seeds=seeds,
-                     checkpoint_every=checkpoint_every, chunk_size=chunk_size, batching=batching, device=device)
-    _train(lambda: MNIST1DProblem(ways=ways, shots=shots, queries=queries, num_samples=num_samples),
-           "train.mnist1d", config, threads, out_file, resume, no_plot, fmt, quiet)
+    return MNIST1DProblem(ways=p["ways"], shots=p["shots"], queries=p["queries"], num_samples=p["num_samples"])
 
 
-@train_app.command(
-    "omniglot",
-    epilog="Example: fobbench train omniglot --data-dir ~/data/omniglot --methods fobmaml-sym,maml --ways 5 --shots 1",
-)
-def omniglot(
-    method: Method = "fobmaml-sym",
-    methods: Methods = None,
-    iterations: Iterations = 600,
-    meta_batch: MetaBatch = 32,
-    inner_lr: InnerLr = 0.1,
-    meta_lr: MetaLr = 1e-3,
-    inner_steps: InnerSteps = 5,
-    inner_optimizer: InnerOpt = "gd",
-    lam: Lam = 2.0,
-    nu: Nu = 0.1,
-    cg_steps: CgSteps = 5,
-    es_samples: EsSamples = 16,
-    es_sigma: EsSigma = 0.01,
-    outer: Outer = "adam",
-    ways: Ways = 5,
-    shots: Shots = 1,
-    queries: Queries = 15,
-    data_dir: Annotated[Path | None, typer.Option(
-        "--data-dir", help="Omniglot folder (default $FOBBENCH_DATA, else ~/.cache/fobbench/omniglot).")] = None,
-    split: Annotated[str, typer.Option("--split", help="Character split: maml, lake or vinyals.")] = "maml",
-    image_size: Annotated[int, typer.Option("--image-size", help="Image side in pixels.")] = 28,
-    eval_every: EvalEvery = 50,
-    eval_tasks: EvalTasks = 200,
-    seeds: Seeds = "0",
-    checkpoint_every: CheckpointEvery = 100,
-    chunk_size: ChunkSize = None,
-    batching: Batching = "vmap",
-    device: Device = "cpu",
-    threads: Threads = None,
-    out_file: OutFile = None,
-    resume: Resume = None,
-    no_plot: NoPlot = False,
-    fmt: Format = "png",
-    quiet: Quiet = False,
-) -> None:
-    """Omniglot N-way K-shot (paper §6.3, App. D.4): Conv4 on real Omniglot images.
-
-    Meta-training tasks: the split's training characters. Evaluation tasks: its test characters.
-    """
+def omniglot_problem(p: Mapping[str, Any]) -> FewShotProblem:
+    """Omniglot tasks of the requested shape and split, from the local data folder."""
     try:
         from fobbench.problems.omniglot import OmniglotProblem
     except ImportError as error:
         raise FobbenchError(f"the Omniglot problem is not available in this installation ({error})") from None
+    return OmniglotProblem(data_dir=p["data_dir"], ways=p["ways"], shots=p["shots"], queries=p["queries"],
+                           split=p["split"], image_size=p["image_size"], quiet=p["quiet"])
 
-    config = _config(method, methods, iterations=iterations, meta_batch=meta_batch, inner_lr=inner_lr,
-                     meta_lr=meta_lr, inner_steps=inner_steps, inner_optimizer=inner_optimizer, lam=lam,
-                     nu=nu, cg_steps=cg_steps, es_samples=es_samples, es_sigma=es_sigma, outer=outer,
-                     eval_every=eval_every, eval_tasks=eval_tasks, seeds=seeds,
-                     checkpoint_every=checkpoint_every, chunk_size=chunk_size, batching=batching, device=device)
-    _train(lambda: OmniglotProblem(data_dir=data_dir, ways=ways, shots=shots, queries=queries, split=split,
-                                   image_size=image_size, quiet=quiet),
-           "train.omniglot", config, threads, out_file, resume, no_plot, fmt, quiet)
+
+MNIST1D = (*SHARED, opt("num_samples", int, 12_000,
+                        help="Examples generated by mnist1d (80% meta-train, 20% held out for evaluation)."))
+OMNIGLOT = (
+    *SHARED,
+    opt("data_dir", Path | None, None, help="Omniglot folder (default $FOBBENCH_DATA, else ~/.cache/fobbench/omniglot)."),
+    opt("split", str, "maml", help="Character split: maml, lake or vinyals."),
+    opt("image_size", int, 28, help="Image side in pixels."),
+)
+
+train_app.command(
+    "mnist1d",
+    epilog="Example: fobbench train mnist1d --methods fobmaml-sym,maml,fomaml,reptile,imaml --iterations 600",
+)(options.command(
+    lambda p: runner.carry_out(plan(p, "train.mnist1d", mnist1d_problem)), MNIST1D, ALIASES,
+    doc="""MNIST-1D N-way K-shot (paper §6.2, App. D.2): Conv1D, 12,000 generated examples.
+
+    Meta-training tasks: the 9,600 training examples. Evaluation tasks: the 2,400 held-out examples.
+
+    Both splits hold all 10 classes. Data are generated offline by the mnist1d package and cached.
+    """,
+))
+
+train_app.command(
+    "omniglot",
+    epilog="Example: fobbench train omniglot --data-dir ~/data/omniglot --methods fobmaml-sym,maml --shots 1",
+)(options.command(
+    lambda p: runner.carry_out(plan(p, "train.omniglot", omniglot_problem)), OMNIGLOT, ALIASES,
+    defaults={"meta_batch": 32, "meta_lr": 1e-3, "ways": 5, "shots": 1, "queries": 15},
+    doc="""Omniglot N-way K-shot (paper §6.3, App. D.4): Conv4 on real Omniglot images.
+
+    Meta-training tasks: the split's training characters. Evaluation tasks: its test characters.
+    """,
+))

@@ -202,3 +202,46 @@ def execute(experiment: Experiment, path: Path, resume: bool = False, quiet: boo
             sink.write(item)
             bar.update(task, advance=item.advance)
     return RunFiles({o.name: sink.path(o.name) for o in outputs}, frozenset(sink.hashes))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A command's parsed request, ready for the runner (``parse → spec → runner → show``).
+
+    Attributes:
+        spec: the experiment.
+        path: destination file or folder (see :func:`destination`).
+        resume: continue ``path``.
+        quiet: no progress bar, no status lines.
+        threads: torch CPU threads while it runs (None: leave torch's setting).
+        label: progress bar description.
+        show: prints tables and draws figures from what was written (the CLI's part); None
+            when nothing is shown (``fobbench run``).
+    """
+
+    spec: Experiment
+    path: Path
+    resume: bool = False
+    quiet: bool = False
+    threads: int | None = None
+    label: str = ""
+    show: Callable[[RunFiles], None] | None = None
+
+
+def carry_out(plan: Plan, show: bool = True) -> RunFiles:
+    """Execute a plan (with its thread count, restored afterwards), then show its results."""
+    import torch  # the runner itself needs no torch; only the thread setting does
+
+    previous = torch.get_num_threads()
+    if plan.threads is not None:
+        if plan.threads < 1:
+            raise FobbenchError(f"--threads must be >= 1 (got {plan.threads})")
+        torch.set_num_threads(plan.threads)
+    try:
+        files = execute(plan.spec, plan.path, resume=plan.resume, quiet=plan.quiet, label=plan.label)
+    finally:
+        if plan.threads is not None:
+            torch.set_num_threads(previous)
+    if show and plan.show is not None:
+        plan.show(files)
+    return files
