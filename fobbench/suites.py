@@ -380,6 +380,12 @@ def _command(suite: Suite, root: Any, point: Point) -> tuple[Any, list[str], lis
         raise suite.error(error.args[0], spec.index, ("command",)) from None
 
 
+def command_words(suite: Suite, root: Any, point: Point) -> tuple[list[str], list[str]]:
+    """(command words, positional words) of a point, e.g. ``(["train", "mnist1d"], [])``."""
+    _, words, positional = _command(suite, root, point)
+    return words, positional
+
+
 def output(suite: Suite, root: Any, point: Point, out_dir: Path) -> Path:
     """The results file or folder of ``point`` below ``out_dir`` (see :meth:`Point.output`)."""
     command, _, _ = _command(suite, root, point)
@@ -443,6 +449,46 @@ def argv(suite: Suite, root: Any, point: Point, output: Path, resume: bool = Fal
         args += ["--out", str(output)]
     args += [flag for flag in AUTOMATIC_FLAGS if flag in known]
     return args
+
+
+def _typed(suite: Suite, run: int, command: Any, words: Sequence[str], ctx: Any, key: str,
+           value: Any) -> tuple[str, Any]:
+    """(parameter name, typed value) of one suite option, converted by the option's own type."""
+    flags = _value_args(suite, run, command, words, key, value)  # checks the name and flag values
+    known = _options_of(command)
+    param = known[flags[0]] if flags else known.get(_option_name(key), known.get(f"--{key}"))
+    if getattr(param, "is_flag", False) and not getattr(param, "count", False):
+        return param.name, bool(flags) and flags[0] not in getattr(param, "secondary_opts", [])
+    text = ",".join(_text(v) for v in value) if isinstance(value, list) else _text(value)
+    try:
+        return param.name, param.process_value(ctx, text)
+    except Exception as error:
+        if not hasattr(error, "format_message"):
+            raise
+        raise suite.error(f"{error.format_message()} (value {value!r})", run, ("options", key)) from None
+
+
+def values(suite: Suite, root: Any, point: Point, output: Path, resume: bool = False) -> dict[str, Any]:
+    """The typed option values of a point, by parameter name, ready for a command's plan.
+
+    Every option the suite leaves out has the command's default; suite values are converted
+    by the command's own option types (no command line is built or parsed). ``--out`` (or
+    ``--resume``) is ``output``; :data:`AUTOMATIC_FLAGS` are set where the command has them.
+    """
+    spec = next(r for r in suite.runs if r.name == point.run)
+    command, words, _ = _command(suite, root, point)
+    ctx = command.make_context(" ".join(["fobbench", *words]), [], resilient_parsing=True)
+    result = dict(ctx.params)
+    for key, value in point.options:
+        name, typed = _typed(suite, spec.index, command, words, ctx, key, value)
+        result[name] = typed
+    known = _options_of(command)
+    destination = known["--resume" if resume else "--out"]
+    result[destination.name] = Path(output)
+    for flag in AUTOMATIC_FLAGS:
+        if flag in known:
+            result[known[flag].name] = True
+    return result
 
 
 def validate(suite: Suite, root: Any, points: Sequence[Point], out_dir: Path) -> dict[int, list[str]]:

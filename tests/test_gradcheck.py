@@ -120,16 +120,16 @@ SMALL = ["--dim", "4", "--tasks", "3", "--quiet"]
         (["--lam", "0"], "lambda must be > 0"),
         (["--lam", "-1"], "lambda must be > 0"),
         (["--lam-grid", "0..1@3"], "--lam-grid"),
-        (["--k", "0"], "--k"),
-        (["--k", "5..1"], "descending"),
+        (["--inner-steps", "0"], "--inner-steps"),
+        (["--inner-steps", "5..1"], "descending"),
         (["--cg-steps", "0"], "--cg-steps"),
         (["--methods", "maml,bogus"], "unknown method 'bogus'"),
         (["--nu-grid", "abc"], "--nu-grid"),
         (["--experiments", "error_vs_k,bogus"], "unknown experiment 'bogus'"),
         (["--outer", "rmsprop"], "--outer"),
-        (["--lr", "-0.1"], "step size must be > 0"),
+        (["--inner-lr", "-0.1"], "step size must be > 0"),
         (["--es-samples", "0"], "es-samples"),
-        (["--seed", "-1"], "--seed"),
+        (["--seeds", "-1"], "--seeds"),
         (["--experiments", "rates", "--methods", "maml"], "need a method that uses nu"),
     ],
 )
@@ -156,9 +156,9 @@ def full_run(tmp_path_factory) -> tuple[Path, str]:
     from fobbench.cli import main
 
     out = tmp_path_factory.mktemp("gradcheck") / "run"
-    args = ["gradcheck", "--experiments", "all", *SMALL, "--k", "1,10,30",
+    args = ["gradcheck", "--experiments", "all", *SMALL, "--inner-steps", "1,10,30",
             "--methods", "maml,fomaml,reptile,imaml,fobmaml-forward,fobmaml-sym,exact",
-            "--nu-k", "5,10,20", "--nu-grid", "1e-3..1e-1@3", "--rate-nu", "1e-3..1e-1@5",
+            "--nu-inner-steps", "5,10,20", "--nu-grid", "1e-3..1e-1@3", "--rate-nu", "1e-3..1e-1@5",
             "--iters", "4", "--lam-grid", "0.1,1,10", "--out", str(out)]
     import contextlib
     import io
@@ -190,7 +190,7 @@ def test_full_run_numbers_have_the_expected_properties(full_run) -> None:
     errors = read_results(out / "error_vs_k.csv")
     errors = errors[errors["metric"] == "rel_error"]
     assert errors[errors["method"] == "exact"]["value"].max() < 1e-12
-    sym = errors[errors["method"] == "fobmaml-sym"].set_index("k")["value"]
+    sym = errors[errors["method"] == "fobmaml-sym"].set_index("inner_steps")["value"]
     assert sym[30] < sym[10] < sym[1]
     assert set(errors[errors["method"] == "imaml"]["cg_steps"]) == {2, 5}
     assert errors["inner_lr"].nunique() == 1 and errors["inner_lr"].iloc[0] > 0
@@ -230,7 +230,7 @@ def test_lambda_sweep_trades_adaptation_for_conditioning(full_run) -> None:
 
 def test_resume_skips_finished_points_and_completes_a_cut_file(cli, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    args = ["gradcheck", *SMALL, "--k", "1,3", "--methods", "fomaml,imaml,exact", "--no-plot"]
+    args = ["gradcheck", *SMALL, "--inner-steps", "1,3", "--methods", "fomaml,imaml,exact", "--no-plot"]
     assert cli(*args, "--out", str(out))[0] == 0
     path = out / "error_vs_k.csv"
     complete = read_results(path)
@@ -254,7 +254,7 @@ def test_loop_batching_gives_the_same_errors_as_vmap(tmp_path: Path) -> None:
         files = experiment.run(config, tmp_path / batching)
         frame = files.frame()
         values[batching] = frame[frame["metric"] == "rel_error"].sort_values(
-            ["method", "k", "cg_steps"])["value"].to_numpy()
+            ["method", "inner_steps", "cg_steps"])["value"].to_numpy()
     assert np.allclose(values["vmap"], values["loop"], rtol=1e-9, atol=0)
 
 
@@ -267,4 +267,4 @@ def test_default_quick_start_finishes_within_30_seconds(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "fobmaml-sym" in result.stdout and elapsed < 30, elapsed
     frame = pd.read_csv(tmp_path / "r" / "error_vs_k.csv")
-    assert set(frame["k"]) == {1, 2, 5, 10, 20, 50, 100}
+    assert set(frame["inner_steps"]) == {1, 2, 5, 10, 20, 50, 100}

@@ -12,7 +12,7 @@ from fobbench.figures.memory import draw
 from fobbench.results import read_results
 
 TINY = ("--arch", "transformer", "--d-model", "16", "--heads", "2", "--ffn", "32", "--tasks", "1",
-        "--batch", "2", "--k", "2", "--cg-steps", "2", "--es-samples", "2", "--quiet")
+        "--batch", "2", "--inner-steps", "2", "--cg-steps", "2", "--es-samples", "2", "--quiet")
 
 
 def _statuses(path: Path) -> pd.DataFrame:
@@ -43,7 +43,7 @@ def test_rows_record_every_setting_and_how_they_were_measured(cli, tmp_path: Pat
     assert code == 0, stderr
     frame = read_results(out)
     assert set(frame["benchmark"]) == {"memory.transformer"}
-    for column in ("d_model", "seq", "heads", "ffn", "depth", "batch", "tasks", "k", "lam", "nu",
+    for column in ("d_model", "seq", "heads", "ffn", "depth", "batch", "tasks", "inner_steps", "lam", "nu",
                    "cg_steps", "es_samples", "batching", "sdpa", "status", "sdpa_backend", "sweep"):
         assert column in frame.columns, column
     assert set(frame["metric"]) == {"peak_bytes", "peak_mib", "peak_abs_bytes", "baseline_bytes", "seconds"}
@@ -76,7 +76,7 @@ def test_estimate_rows_are_labelled_and_resume_skips_finished_points(cli, tmp_pa
 def test_convnet_sweep_runs(cli, tmp_path: Path) -> None:
     out = tmp_path / "conv.csv"
     code, stdout, stderr = cli("memory", "--arch", "convnet", "--channels", "2,4", "--depth", "2",
-                               "--image", "6", "--tasks", "1", "--batch", "2", "--k", "1",
+                               "--image", "6", "--tasks", "1", "--batch", "2", "--inner-steps", "1",
                                "--methods", "fomaml,fobmaml-forward", "--quiet", "--out", str(out))
     assert code == 0, stderr
     frame = read_results(out)
@@ -95,7 +95,7 @@ def test_convnet_sweep_runs(cli, tmp_path: Path) -> None:
         (("--seq", "8", "--methods", "maml,bogus"), "bogus"),
         (("--seq", "8", "--channels", "16"), "--channels"),
         (("--seq", "8", "--limit", "-1"), "--limit"),
-        (("--seq", "8", "--k", "0"), "K must be"),
+        (("--seq", "8", "--inner-steps", "0"), "K must be"),
         (("--seq", "8", "--estimate", "--device", "cuda"), "--estimate"),
     ],
 )

@@ -87,13 +87,13 @@ def test_gradcheck_rate_fit_shows_slope_four() -> None:
 
 
 def test_it_appears_in_gradcheck_memory_and_train(cli, tmp_path: Path) -> None:
-    code, stdout, stderr = cli("gradcheck", "--k", "1,5", "--dim", "6", "--tasks", "2", "--quiet", "--no-plot",
+    code, stdout, stderr = cli("gradcheck", "--inner-steps", "1,5", "--dim", "6", "--tasks", "2", "--quiet", "--no-plot",
                                "--out", str(tmp_path / "gc"))
     assert code == 0, stderr
     assert METHOD in stdout
     assert METHOD in set(read_results(tmp_path / "gc" / "error_vs_k.csv")["method"])
     code, stdout, stderr = cli("memory", "--arch", "transformer", "--d-model", "16", "--heads", "2", "--ffn", "32",
-                               "--batch", "2", "--seq", "8", "--k", "2", "--quiet", "--no-plot",
+                               "--batch", "2", "--seq", "8", "--inner-steps", "2", "--quiet", "--no-plot",
                                "--out", str(tmp_path / "mem.csv"))
     assert code == 0, stderr
     frame = read_results(tmp_path / "mem.csv")

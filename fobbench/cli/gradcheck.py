@@ -11,17 +11,22 @@ import typer
 from rich import box
 from rich.table import Table
 
+from fobbench.cli import options
 from fobbench.cli.app import app
 from fobbench.errors import FobbenchError
-from fobbench.estimators import names, parse_methods
+from fobbench.estimators import hyperparameter_help, names, parse_methods
 from fobbench.experiments import gradcheck as experiment
 from fobbench.experiments import runner
 from fobbench.progress import console, out
 from fobbench.ranges import parse_range, parse_seeds
 
 EXAMPLE = (
-    "Example: fobbench gradcheck --experiments all --k 1..128 --methods fobmaml-sym,imaml,maml"
+    "Example: fobbench gradcheck --experiments all --inner-steps 1..128 --methods fobmaml-sym,imaml,maml"
 )
+
+ALIASES = tuple(options.alias(flag, kind) for flag, kind in (
+    ("--k", str), ("--nu-k", str), ("--train-k", int), ("--outer-lr", float), ("--lr", float), ("--seed", str)))
+"""Old spellings accepted (hidden, with a deprecation note)."""
 
 
 def _short(value: float) -> str:
@@ -80,32 +85,33 @@ def gradcheck(
     methods: Annotated[str, typer.Option(
         "--methods", help=f"Comma-separated estimators, or all ({', '.join(names())})."
     )] = "all",
-    k: Annotated[str, typer.Option("--k", help="Inner steps K of error_vs_k (range syntax).")]
+    inner_steps: Annotated[str, typer.Option("--inner-steps", help="Inner steps K of error_vs_k (range syntax).")]
     = "1,2,5,10,20,50,100",
     nu: Annotated[float, typer.Option("--nu", help="FO-B-MAML ν of error_vs_k and outer_loss (≠ 0).")] = 0.01,
     lam: Annotated[float, typer.Option("--lam", help="Proximal strength λ > 0.")] = 2.0,
     nu_grid: Annotated[str, typer.Option("--nu-grid", help="ν values of error_vs_nu and the δ-rate fit.")]
     = "1e-5..1@11",
-    nu_k: Annotated[str, typer.Option("--nu-k", help="K values of error_vs_nu and the δ-rate fit.")]
-    = "5,10,20,50,100",
+    nu_inner_steps: Annotated[str, typer.Option(
+        "--nu-inner-steps", help="Inner steps K of error_vs_nu and the δ-rate fit.")] = "5,10,20,50,100",
     lam_grid: Annotated[str, typer.Option("--lam-grid", help="λ values of the lambda sweep.")] = "0.1..10@9",
     rate_nu: Annotated[str | None, typer.Option(
         "--rate-nu", help="ν values of the slope fit with a near-exact inner solve (default: each method's "
         "registered span, else 1e-3..1e-1@9).")] = None,
     rate_delta: Annotated[str, typer.Option("--rate-delta", help="δ values of the perturbed-solution "
                                             "rate fit.")] = "1e-12..1e-4@9",
-    train_k: Annotated[int, typer.Option("--train-k", help="Inner steps K of outer_loss.")] = 20,
+    train_inner_steps: Annotated[int, typer.Option("--train-inner-steps", help="Inner steps K of outer_loss.")]
+    = 20,
     iters: Annotated[int, typer.Option("--iters", help="Outer iterations of outer_loss.")] = 50,
     outer: Annotated[str, typer.Option("--outer", help="Outer optimizer: sgd, clipped, sngdm, adam.")]
     = "sgd",
-    outer_lr: Annotated[float | None, typer.Option(
-        "--outer-lr", help="Outer step size (default: 0.25/L_F, L_F = largest eigenvalue of ∇²F).")] = None,
-    lr: Annotated[float | None, typer.Option(
-        "--lr", help="Inner step size α (default: 1/(L_max(1+|ν|)+λ) from the tasks' spectra).")] = None,
+    meta_lr: Annotated[float | None, typer.Option(
+        "--meta-lr", help="Outer (meta) step size (default: 0.25/L_F, L_F = largest eigenvalue of ∇²F).")] = None,
+    inner_lr: Annotated[float | None, typer.Option(
+        "--inner-lr", help="Inner step size α (default: 1/(L_max(1+|ν|)+λ) from the tasks' spectra).")] = None,
     cg_steps: Annotated[str, typer.Option("--cg-steps", help="iMAML CG step counts (one line each).")]
     = "2,5",
-    es_samples: Annotated[int, typer.Option("--es-samples", help="ES-MAML antithetic directions.")] = 16,
-    es_sigma: Annotated[float, typer.Option("--es-sigma", help="ES-MAML smoothing radius σ.")] = 0.01,
+    es_samples: Annotated[int, typer.Option("--es-samples", help=hyperparameter_help("es_samples"))] = 16,
+    es_sigma: Annotated[float, typer.Option("--es-sigma", help=hyperparameter_help("es_sigma"))] = 0.01,
     dim: Annotated[int, typer.Option("--dim", help="Meta-parameter dimension d.")] = 20,
     tasks: Annotated[int, typer.Option("--tasks", help="Number of quadratic tasks M.")] = 10,
     cond: Annotated[float, typer.Option("--cond", help="cond(A_i); spectrum log-spaced on [2, 2·cond].")]
@@ -113,7 +119,7 @@ def gradcheck(
     distinct_test: Annotated[bool, typer.Option(
         "--distinct-test/--same-test", help="Test quadratic f_i ≠ train quadratic f̂_i (paper: same).")
     ] = False,
-    seed: Annotated[str, typer.Option("--seed", help="Seed(s) of tasks and ES noise; a list repeats.")] = "0",
+    seeds: Annotated[str, typer.Option("--seeds", help="Seed(s) of tasks and ES noise; a list repeats.")] = "0",
     batching: Annotated[str, typer.Option("--batching", help="vmap over tasks, or loop (one at a time).")]
     = "vmap",
     threads: Annotated[int, typer.Option("--threads", help="torch CPU threads (1 is fastest here).")]
@@ -125,6 +131,12 @@ def gradcheck(
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar or status line.")] = False,
     no_plot: Annotated[bool, typer.Option("--no-plot", help="Do not write PNG figures next to the CSVs.")]
     = False,
+    deprecated_k: Annotated[str | None, typer.Option("--k", hidden=True)] = None,
+    deprecated_nu_k: Annotated[str | None, typer.Option("--nu-k", hidden=True)] = None,
+    deprecated_train_k: Annotated[int | None, typer.Option("--train-k", hidden=True)] = None,
+    deprecated_outer_lr: Annotated[float | None, typer.Option("--outer-lr", hidden=True)] = None,
+    deprecated_lr: Annotated[float | None, typer.Option("--lr", hidden=True)] = None,
+    deprecated_seed: Annotated[str | None, typer.Option("--seed", hidden=True)] = None,
 ) -> None:
     """Normalized error of every meta-gradient estimator against the closed-form B-MAML gradient.
 
@@ -132,7 +144,7 @@ def gradcheck(
     Writes one CSV per sub-experiment (benchmark gradcheck.<name>) into one folder, figures as PNG
     next to them, and prints the estimator × K error table with a headline finding.
     """
-    runner.carry_out(plan(dict(locals())))
+    runner.carry_out(plan(options.resolve_aliases(dict(locals()), ALIASES)))
 
 
 def plan(p: Mapping[str, Any]) -> runner.Plan:
@@ -141,19 +153,19 @@ def plan(p: Mapping[str, Any]) -> runner.Plan:
     config = experiment.GradcheckConfig(
         experiments=experiment.parse_experiments(p["experiments"]),
         methods=tuple(parse_methods(p["methods"])),
-        ks=tuple(parse_range(p["k"], "--k", int)),
+        ks=tuple(parse_range(p["inner_steps"], "--inner-steps", int)),
         nu=p["nu"],
         lam=p["lam"],
         nu_grid=tuple(parse_range(p["nu_grid"], "--nu-grid", float)),
-        nu_ks=tuple(parse_range(p["nu_k"], "--nu-k", int)),
+        nu_ks=tuple(parse_range(p["nu_inner_steps"], "--nu-inner-steps", int)),
         lam_grid=tuple(parse_range(p["lam_grid"], "--lam-grid", float)),
         rate_nus=None if p["rate_nu"] is None else tuple(parse_range(p["rate_nu"], "--rate-nu", float)),
         rate_deltas=tuple(parse_range(p["rate_delta"], "--rate-delta", float)),
-        train_k=p["train_k"],
+        train_k=p["train_inner_steps"],
         iters=p["iters"],
         outer=p["outer"],
-        outer_lr=p["outer_lr"],
-        lr=p["lr"],
+        meta_lr=p["meta_lr"],
+        inner_lr=p["inner_lr"],
         cg_steps=tuple(parse_range(p["cg_steps"], "--cg-steps", int)),
         es_samples=p["es_samples"],
         es_sigma=p["es_sigma"],
@@ -161,7 +173,7 @@ def plan(p: Mapping[str, Any]) -> runner.Plan:
         tasks=p["tasks"],
         cond=p["cond"],
         distinct_test=p["distinct_test"],
-        seeds=parse_seeds(p["seed"], "--seed"),
+        seeds=parse_seeds(p["seeds"], "--seeds"),
         batching=p["batching"],
     )
     if p["threads"] < 1:

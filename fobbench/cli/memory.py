@@ -12,15 +12,20 @@ import pandas as pd
 import typer
 from rich.table import Table
 
+from fobbench.cli import options
 from fobbench.cli.app import app
 from fobbench.errors import FobbenchError
-from fobbench.estimators import BATCHING, names, parse_methods, rank_of
+from fobbench.estimators import BATCHING, hyperparameter_help, names, parse_methods, rank_of
 from fobbench.experiments import memory as experiment
 from fobbench.experiments import runner
 from fobbench.figures.common import FORMATS
 from fobbench.progress import console, out
-from fobbench.ranges import parse_range
+from fobbench.ranges import parse_range, parse_seeds
 from fobbench.results import default_path, read_results
+
+
+ALIASES = (options.alias("--k", int), options.alias("--outer-lr", float), options.alias("--seed"))
+"""Old spellings accepted (hidden, with a deprecation note)."""
 
 
 class Arch(str, Enum):
@@ -114,16 +119,17 @@ def memory(
     ffn: Annotated[int, typer.Option("--ffn", help="Feed-forward hidden units (Transformer).")] = 512,
     image: Annotated[int, typer.Option("--image", help="ConvNet input side in pixels.")] = 16,
     in_channels: Annotated[int, typer.Option("--in-channels", help="ConvNet input channels.")] = 1,
-    k: Annotated[int, typer.Option("--k", help="Inner steps K.")] = 5,
+    inner_steps: Annotated[int, typer.Option("--inner-steps", help="Inner steps K.")] = 5,
     inner_lr: Annotated[float, typer.Option("--inner-lr", help="Inner step size.")] = 0.1,
     lam: Annotated[float, typer.Option("--lam", help="Proximal strength λ.")] = 2.0,
-    nu: Annotated[float, typer.Option("--nu", help="FO-B-MAML perturbation ν.")] = 0.1,
-    cg_steps: Annotated[int, typer.Option("--cg-steps", help="iMAML conjugate-gradient steps.")] = 5,
+    nu: Annotated[float, typer.Option("--nu", help=hyperparameter_help("nu"))] = 0.1,
+    cg_steps: Annotated[int, typer.Option("--cg-steps", help=hyperparameter_help("cg_steps"))] = 5,
     es_samples: Annotated[int, typer.Option(
         "--es-samples", help="ES-MAML antithetic directions (memory: only the noise grows).")] = 2,
-    es_sigma: Annotated[float, typer.Option("--es-sigma", help="ES-MAML smoothing radius.")] = 0.01,
-    outer_lr: Annotated[float, typer.Option("--outer-lr", help="Step of the outer SGD update.")] = 1e-3,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of model, tasks and ES directions.")] = 0,
+    es_sigma: Annotated[float, typer.Option("--es-sigma", help=hyperparameter_help("es_sigma"))] = 0.01,
+    meta_lr: Annotated[float, typer.Option("--meta-lr", help="Step of the outer SGD update.")] = 1e-3,
+    seeds: Annotated[str, typer.Option(
+        "--seeds", help="Seed(s) of model, tasks and ES directions; a list repeats the sweep.")] = "0",
     out_file: Annotated[Path | None, typer.Option(
         "--out", help="Results CSV (default results/memory/<time>-<commit>.csv).")] = None,
     resume: Annotated[Path | None, typer.Option(
@@ -131,6 +137,9 @@ def memory(
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
     no_plot: Annotated[bool, typer.Option("--no-plot", help="Do not draw figures beside the CSV.")] = False,
     fmt: Annotated[Fmt, typer.Option("--format", help="Figure format.")] = Fmt["png"],
+    deprecated_k: Annotated[int | None, typer.Option("--k", hidden=True)] = None,
+    deprecated_outer_lr: Annotated[float | None, typer.Option("--outer-lr", hidden=True)] = None,
+    deprecated_seed: Annotated[str | None, typer.Option("--seed", hidden=True)] = None,
 ) -> None:
     """Peak memory of one full meta-gradient update per method as the model grows (paper Fig. 3, 6).
 
@@ -138,7 +147,7 @@ def memory(
     over the tasks plus an outer SGD step). Without --limit nothing stops a large point: use
     --estimate to predict sizes that would not fit.
     """
-    runner.carry_out(plan(dict(locals())))
+    runner.carry_out(plan(options.resolve_aliases(dict(locals()), ALIASES)))
 
 
 def _choice(value: object) -> str:
@@ -159,11 +168,12 @@ def plan(p: Mapping[str, Any]) -> runner.Plan:
     backend = "estimate" if p["estimate"] else device
     settings = experiment.MemorySettings(
         arch=arch, backend=backend, tasks=p["tasks"], batch=p["batch"], ways=p["ways"], depth=p["depth"],
-        heads=p["heads"], ffn=p["ffn"], image=p["image"], in_channels=p["in_channels"], steps=p["k"],
+        heads=p["heads"], ffn=p["ffn"], image=p["image"], in_channels=p["in_channels"], steps=p["inner_steps"],
         inner_lr=p["inner_lr"], lam=p["lam"], nu=p["nu"], cg_steps=p["cg_steps"], es_samples=p["es_samples"],
-        es_sigma=p["es_sigma"], outer_lr=p["outer_lr"], batching=_choice(p["batching"]), sdpa=_choice(p["sdpa"]),
-        limit_mib=limit, seed=p["seed"],
+        es_sigma=p["es_sigma"], meta_lr=p["meta_lr"], batching=_choice(p["batching"]), sdpa=_choice(p["sdpa"]),
+        limit_mib=limit,
     )
+    seeds = parse_seeds(str(p["seeds"]), "--seeds")
     chosen = parse_methods(p["methods"], "--methods", allow_exact=False)
     sweep, points = experiment.sweep_points(arch, _sizes(arch, p["channels"], p["d_model"], p["seq"]))
     settings.check(points)
@@ -184,5 +194,5 @@ def plan(p: Mapping[str, Any]) -> runner.Plan:
             for figure in draw(read_results(path), path.parent / path.stem, _choice(p["fmt"])):
                 console.print(f"figure: {figure}")
 
-    spec = experiment.MemorySweep(settings, tuple(points), tuple(chosen), sweep)
+    spec = experiment.MemorySweep(settings, tuple(points), tuple(chosen), sweep, seeds)
     return runner.Plan(spec, Path(path), resuming, p["quiet"], None, settings.benchmark, show)

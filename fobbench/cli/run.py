@@ -7,9 +7,10 @@ import io
 import shlex
 import time
 import traceback
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 import typer.main
@@ -17,8 +18,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from fobbench import suites
+from fobbench.cli import options
 from fobbench.cli.app import app
 from fobbench.errors import FobbenchError
+from fobbench.experiments import runner
 from fobbench.measure.environment import git_state
 from fobbench.progress import console, out, progress, table_console
 
@@ -30,21 +33,37 @@ def default_out(suite_path: Path) -> Path:
     return Path("results") / "suites" / f"{suite_path.stem}-{stamp}-{commit}"
 
 
-def invoke(root, args: list[str]) -> tuple[int, str]:
-    """Run ``fobbench <args>`` in this process: (exit code, one-line error or '')."""
+def _planners() -> dict[tuple[str, ...], Callable[[dict[str, Any]], runner.Plan]]:
+    """Command words -> the command's plan built from typed option values (aliases resolved)."""
+    from fobbench.cli import gradcheck, memory, train
+
+    def with_aliases(plan: Callable[[dict[str, Any]], runner.Plan], aliases: Sequence[options.Alias]
+                     ) -> Callable[[dict[str, Any]], runner.Plan]:
+        return lambda values: plan(options.resolve_aliases(values, aliases))
+
+    return {
+        ("gradcheck",): with_aliases(gradcheck.plan, gradcheck.ALIASES),
+        ("memory",): with_aliases(memory.plan, memory.ALIASES),
+        ("train", "mnist1d"): with_aliases(
+            lambda v: train.plan(v, "train.mnist1d", train.mnist1d_problem), train.ALIASES),
+        ("train", "omniglot"): with_aliases(
+            lambda v: train.plan(v, "train.omniglot", train.omniglot_problem), train.ALIASES),
+    }
+
+
+def execute_point(words: Sequence[str], values: dict[str, Any], verbose: bool) -> tuple[int, str]:
+    """Run one point through the runner: (exit code, one-line error or '')."""
+    planner = _planners().get(tuple(words))
+    if planner is None:
+        return 2, f"'fobbench {' '.join(words)}' cannot run in a suite"
     try:
-        result = root.main(args=args, prog_name="fobbench", standalone_mode=False)
-        return (result if isinstance(result, int) else 0), ""
+        runner.carry_out(planner(values), show=verbose)
+        return 0, ""
     except FobbenchError as error:
         return error.exit_code, str(error).strip().splitlines()[0] if str(error).strip() else "failed"
-    except SystemExit as error:
-        code = error.code if isinstance(error.code, int) else (0 if error.code is None else 1)
-        return code, "" if code == 0 else f"exited with {error.code}"
     except KeyboardInterrupt:
         raise
     except Exception as error:  # noqa: BLE001  (a crashing point is reported; the suite goes on)
-        if hasattr(error, "format_message"):
-            return int(getattr(error, "exit_code", 2) or 2), error.format_message()
         return 1, f"{type(error).__name__}: {error} (traceback in the point's .log)\n{traceback.format_exc()}"
 
 
@@ -107,21 +126,20 @@ def run(
         for number, point in enumerate(selected, start=1):
             output = outputs[point.index]
             output.parent.mkdir(parents=True, exist_ok=True)
-            args = suites.argv(suite, root, point, output, resume=resume and output.exists())
+            resumed = resume and output.exists()
+            args = suites.argv(suite, root, point, output, resume=resumed)
+            values = suites.values(suite, root, point, output, resume=resumed)
+            words, _ = suites.command_words(suite, root, point)
             bar.update(task, description=f"{point.run} {point.label}")
             begin = time.perf_counter()
-            if verbose:
-                code, message = invoke(root, args)
-                captured = ""
-            else:
-                buffer = io.StringIO()
-                with contextlib.redirect_stdout(buffer):
-                    code, message = invoke(root, args)
-                captured = buffer.getvalue()
+            stderr = io.StringIO()
+            with contextlib.redirect_stderr(stderr):
+                code, message = execute_point(words, values, verbose)
+            captured = stderr.getvalue()
             seconds = time.perf_counter() - begin
             log = output.parent / f"{point.label}.log"
             log.write_text(
-                f"$ fobbench {shlex.join(args)}\n{captured}{message}\nexit {code} after {seconds:.1f} s\n"
+                f"# as: fobbench {shlex.join(args)}\n{captured}{message}\nexit {code} after {seconds:.1f} s\n"
             )
             status = "ok" if code == 0 else f"failed ({code}): {message.splitlines()[0] if message else ''}"
             records.append((point, status, seconds, output))

@@ -95,9 +95,9 @@ class GradcheckConfig:
         train_k: K of ``outer_loss`` (default 20, as in Fig. 1).
         iters: outer iterations of ``outer_loss`` (default 50).
         outer: outer optimizer (sgd, clipped, sngdm, adam; default sgd).
-        outer_lr: outer step size (default None: 0.25/L_F, L_F the largest eigenvalue of ∇²F;
+        meta_lr: outer (meta) step size (default None: 0.25/L_F, L_F the largest eigenvalue of ∇²F;
             see :data:`OUTER_LR_FACTOR`).
-        lr: inner step size α (default None: the safe rule of :meth:`QuadraticTasks.safe_lr`).
+        inner_lr: inner step size α (default None: the safe rule of :meth:`QuadraticTasks.safe_lr`).
         cg_steps: iMAML CG step counts (default 2 and 5, the paper's).
         es_samples, es_sigma: ES-MAML directions and smoothing radius (defaults 16, 0.01).
         dim, tasks, cond: quadratic problem size, task count and cond(A_i) (defaults 20, 10, 25).
@@ -119,8 +119,8 @@ class GradcheckConfig:
     train_k: int = 20
     iters: int = 50
     outer: str = "sgd"
-    outer_lr: float | None = None
-    lr: float | None = None
+    meta_lr: float | None = None
+    inner_lr: float | None = None
     cg_steps: tuple[int, ...] = (2, 5)
     es_samples: int = 16
     es_sigma: float = 0.01
@@ -136,7 +136,7 @@ class GradcheckConfig:
             if name not in EXPERIMENTS:
                 raise FobbenchError(f"--experiments: unknown experiment '{name}'")
         parse_methods(",".join(self.methods))
-        for option, values in (("--k", self.ks), ("--nu-k", self.nu_ks), ("--cg-steps", self.cg_steps)):
+        for option, values in (("--inner-steps", self.ks), ("--nu-inner-steps", self.nu_ks), ("--cg-steps", self.cg_steps)):
             if not values or any(not isinstance(v, int) or v < 1 for v in values):
                 raise FobbenchError(f"{option}: every value must be an integer >= 1 (got {list(values)})")
         for option, floats in (("--nu-grid", self.nu_grid), ("--lam-grid", self.lam_grid),
@@ -146,21 +146,21 @@ class GradcheckConfig:
         if "rates" in self.experiments and (len(self.rate_nus or (0,) * RATE_POINTS) < 3
                                             or len(self.rate_deltas) < 3
                                             or len(self.nu_ks) < 3):
-            raise FobbenchError("rates: --rate-nu, --rate-delta and --nu-k need at least 3 values each")
+            raise FobbenchError("rates: --rate-nu, --rate-delta and --nu-inner-steps need at least 3 values each")
         if self.train_k < 1:
-            raise FobbenchError(f"--train-k must be >= 1 (got {self.train_k})")
+            raise FobbenchError(f"--train-inner-steps must be >= 1 (got {self.train_k})")
         if self.iters < 1:
             raise FobbenchError(f"--iters must be >= 1 (got {self.iters})")
         if self.outer not in OUTER:
             raise FobbenchError(f"--outer: unknown optimizer '{self.outer}' (choose from {', '.join(OUTER)})")
-        if self.outer_lr is not None and not (math.isfinite(self.outer_lr) and self.outer_lr > 0):
-            raise FobbenchError(f"--outer-lr must be > 0 (got {self.outer_lr})")
+        if self.meta_lr is not None and not (math.isfinite(self.meta_lr) and self.meta_lr > 0):
+            raise FobbenchError(f"--meta-lr must be > 0 (got {self.meta_lr})")
         if any(s < 0 for s in self.seeds) or not self.seeds:
-            raise FobbenchError(f"--seed: seeds must be integers >= 0 (got {list(self.seeds)})")
+            raise FobbenchError(f"--seeds: seeds must be integers >= 0 (got {list(self.seeds)})")
         if self.batching not in ("vmap", "loop"):
             raise FobbenchError(f"--batching: unknown '{self.batching}' (choose from vmap, loop)")
         # The estimator settings validate ν ≠ 0, λ > 0, lr > 0, es-samples, es-sigma.
-        self.estimator_config(steps=1, lr=self.lr or 1.0, lam=self.lam, nu=self.nu)
+        self.estimator_config(steps=1, lr=self.inner_lr or 1.0, lam=self.lam, nu=self.nu)
         for lam in self.lam_grid:
             InnerConfig(steps=1, lr=1.0, lam=lam)
         needs_nu = "error_vs_nu" in self.experiments or "rates" in self.experiments
@@ -208,7 +208,7 @@ class Context:
         """Settings hashed into every point (problem, ES, batching)."""
         c = self.config
         return {**self.problem.settings, "es_samples": c.es_samples, "es_sigma": c.es_sigma,
-                "batching": c.batching, "lr_override": c.lr}
+                "batching": c.batching, "inner_lr_override": c.inner_lr}
 
     def estimate(self, method: str, config: EstimatorConfig, theta: Tensor | None = None) -> Params:
         """The estimator's meta-gradient at θ (θ₀ by default), tasks batched as configured."""
@@ -276,12 +276,12 @@ def _error_vs_k_count(config: GradcheckConfig) -> int:
 
 def _error_vs_k(ctx: Context, done: Done) -> Iterator[Record]:
     c, problem = ctx.config, ctx.problem
-    lr = c.lr or problem.safe_lr(c.lam, c.nu)
+    lr = c.inner_lr or problem.safe_lr(c.lam, c.nu)
     rho = problem.contraction(c.lam, lr, (0.0, c.nu, -c.nu))
     for k in c.ks:
         for method in c.methods:
             for cg in _variants(c, method):
-                point = {"k": k, "cg_steps": cg, "nu": c.nu, "lam": c.lam}
+                point = {"inner_steps": k, "cg_steps": cg, "nu": c.nu, "lam": c.lam}
                 if done(method, point):
                     yield _row(method, point, [])
                     continue
@@ -296,13 +296,13 @@ def _outer_loss_count(config: GradcheckConfig) -> int:
 
 def _outer_loss(ctx: Context, done: Done) -> Iterator[Record]:
     c, problem = ctx.config, ctx.problem
-    lr = c.lr or problem.safe_lr(c.lam, c.nu)
+    lr = c.inner_lr or problem.safe_lr(c.lam, c.nu)
     _, f_star = problem.optimum(c.lam)
-    outer_lr = c.outer_lr or OUTER_LR_FACTOR / problem.outer_smoothness(c.lam)
-    info = {"inner_lr": lr, "outer": c.outer, "outer_lr": outer_lr, "f_star": f_star}
+    outer_lr = c.meta_lr or OUTER_LR_FACTOR / problem.outer_smoothness(c.lam)
+    info = {"inner_lr": lr, "outer": c.outer, "meta_lr": outer_lr, "f_star": f_star}
     for method in c.methods:
         for cg in _variants(c, method):
-            points = [{"k": c.train_k, "cg_steps": cg, "iteration": t, "nu": c.nu, "lam": c.lam}
+            points = [{"inner_steps": c.train_k, "cg_steps": cg, "iteration": t, "nu": c.nu, "lam": c.lam}
                       for t in range(c.iters + 1)]
             if all(done(method, p) for p in points):
                 for p in points:
@@ -337,7 +337,7 @@ def _error_vs_nu_count(config: GradcheckConfig) -> int:
 def _nu_lr(ctx: Context) -> float:
     """One step size for the whole ν grid: safe at its largest ν."""
     c = ctx.config
-    return c.lr or ctx.problem.safe_lr(c.lam, max(c.nu_grid))
+    return c.inner_lr or ctx.problem.safe_lr(c.lam, max(c.nu_grid))
 
 
 def _error_vs_nu(ctx: Context, done: Done) -> Iterator[Record]:
@@ -348,7 +348,7 @@ def _error_vs_nu(ctx: Context, done: Done) -> Iterator[Record]:
         for nu in c.nu_grid:
             rho = problem.contraction(c.lam, lr, (0.0, nu, -nu))
             for method in _nu_methods(c):
-                point = {"k": k, "nu": nu, "lam": c.lam}
+                point = {"inner_steps": k, "nu": nu, "lam": c.lam}
                 if done(method, point):
                     yield _row(method, point, [])
                     continue
@@ -485,14 +485,14 @@ def _rates(ctx: Context, done: Done) -> Iterator[Record]:
         reach = max(abs(m) for m, _ in get(method).stencil or ((1.0, 1.0),))
         lr, beta, steps = heavy_ball(problem, c.lam, [reach * nu for nu in c.fit_nus(method)])
         for nu in c.fit_nus(method):
-            point = {"fit": "nu", "solver": "heavy-ball", "k": steps, "lam": c.lam, "x": nu}
+            point = {"fit": "nu", "solver": "heavy-ball", "inner_steps": steps, "lam": c.lam, "x": nu}
             config = c.estimator_config(steps, lr, c.lam, nu=nu, optimizer="momentum", momentum=beta)
             error, _ = ctx.error(method, config)
             xs.append(nu)
             ys.append(error)
             yield _row(method, point, [] if done(method, point) else [_rel(error)],
                       {"inner_lr": lr, "momentum": beta})
-        point = {"fit": "nu", "solver": "heavy-ball", "k": steps, "lam": c.lam}
+        point = {"fit": "nu", "solver": "heavy-ball", "inner_steps": steps, "lam": c.lam}
         yield _fit_rows(method, point, fit_slope(xs, ys), _theory(get(method).theory_nu), _span(xs))
     # 2. error vs δ at the best ν, δ from K plain GD steps (the estimator code itself).
     lr_gd = _nu_lr(ctx)
@@ -502,13 +502,13 @@ def _rates(ctx: Context, done: Done) -> Iterator[Record]:
             errors = [ctx.error(method, c.estimator_config(k, lr_gd, c.lam, nu=nu))[0] for nu in c.nu_grid]
             best = int(np.nanargmin(errors))
             delta = problem.inner_precision(c.lam, lr_gd, k)
-            point = {"fit": "delta", "solver": "gd", "k": k, "lam": c.lam, "x": delta}
+            point = {"fit": "delta", "solver": "gd", "inner_steps": k, "lam": c.lam, "x": delta}
             xs.append(delta)
             ys.append(errors[best])
             yield _row(method, point, [] if done(method, point) else [
                 _rel(errors[best]), Measurement("best_nu", c.nu_grid[best], "1", "grid_search")],
                 {"inner_lr": lr_gd})
-        point = {"fit": "delta", "solver": "gd", "k": None, "lam": c.lam}
+        point = {"fit": "delta", "solver": "gd", "inner_steps": None, "lam": c.lam}
         yield _fit_rows(method, point, fit_slope(xs, ys), _theory(get(method).theory_delta), _span(xs))
     # 3. error vs δ at the best ν under Corollary 1's model: exact solutions + errors of norm δ.
     fine_nus = _log_grid(1e-7, 1.0, 71)
@@ -521,25 +521,25 @@ def _rates(ctx: Context, done: Done) -> Iterator[Record]:
         for delta, curve in zip(c.rate_deltas, curves):
             errors = curve[method]
             best = int(np.nanargmin(errors))
-            point = {"fit": "delta", "solver": "perturbed", "k": None, "lam": c.lam, "x": delta}
+            point = {"fit": "delta", "solver": "perturbed", "inner_steps": None, "lam": c.lam, "x": delta}
             xs.append(delta)
             ys.append(errors[best])
             yield _row(method, point, [] if done(method, point) else [
                 _rel(errors[best]), Measurement("best_nu", fine_nus[best], "1", "grid_search")])
-        point = {"fit": "delta", "solver": "perturbed", "k": None, "lam": c.lam}
+        point = {"fit": "delta", "solver": "perturbed", "inner_steps": None, "lam": c.lam}
         yield _fit_rows(method, point, fit_slope(xs, ys), _theory(get(method).theory_delta), _span(xs))
 
 
 REGISTRY_EXPERIMENTS: dict[str, Experiment] = {
-    "error_vs_k": Experiment("error_vs_k", ("k", "cg_steps", "nu", "lam"), ("inner_lr", "contraction"),
+    "error_vs_k": Experiment("error_vs_k", ("inner_steps", "cg_steps", "nu", "lam"), ("inner_lr", "contraction"),
                              _error_vs_k_count, _error_vs_k),
-    "outer_loss": Experiment("outer_loss", ("k", "cg_steps", "iteration", "nu", "lam"),
-                             ("inner_lr", "outer", "outer_lr", "f_star"), _outer_loss_count, _outer_loss,
-                             lambda c: {"outer": c.outer, "outer_lr": c.outer_lr}),
-    "error_vs_nu": Experiment("error_vs_nu", ("k", "nu", "lam"), ("inner_lr", "contraction"),
+    "outer_loss": Experiment("outer_loss", ("inner_steps", "cg_steps", "iteration", "nu", "lam"),
+                             ("inner_lr", "outer", "meta_lr", "f_star"), _outer_loss_count, _outer_loss,
+                             lambda c: {"outer": c.outer, "meta_lr": c.meta_lr}),
+    "error_vs_nu": Experiment("error_vs_nu", ("inner_steps", "nu", "lam"), ("inner_lr", "contraction"),
                               _error_vs_nu_count, _error_vs_nu, lambda c: {"nu_max": max(c.nu_grid)}),
     "lambda": Experiment("lambda", ("lam",), (), _lambda_count, _lambda),
-    "rates": Experiment("rates", ("fit", "solver", "k", "lam", "x"),
+    "rates": Experiment("rates", ("fit", "solver", "inner_steps", "lam", "x"),
                         ("inner_lr", "momentum", "fit_points", "fit_range"), _rates_count, _rates,
                         lambda c: {"nu_grid": c.nu_grid, "nu_ks": c.nu_ks, "rate_nus": c.rate_nus or _log_grid(*RATE_NUS, RATE_POINTS),
                                    "rate_deltas": c.rate_deltas}),
@@ -622,7 +622,7 @@ def error_table(frame: pd.DataFrame) -> pd.DataFrame:
     if rows.empty:
         return pd.DataFrame()
     rows["estimator"] = [method_label(m, c) for m, c in zip(rows["method"], rows["cg_steps"])]
-    table = rows.pivot_table(index="estimator", columns="k", values="value", aggfunc="mean")
+    table = rows.pivot_table(index="estimator", columns="inner_steps", values="value", aggfunc="mean")
     table = table.loc[sorted(table.index, key=lambda label: (rank_of(label.split(" ")[0]), label))]
     table.columns = [int(k) for k in table.columns]
     return table

@@ -78,7 +78,7 @@ class MemorySettings:
         es_samples: ES-MAML antithetic directions (default 2: memory depends on it only through
             the pre-drawn directions, ``tasks × es_samples × |θ|``, while time grows linearly).
         es_sigma: ES-MAML smoothing radius (default 0.01).
-        outer_lr: step of the outer SGD update that closes the update (default 1e-3).
+        meta_lr: step of the outer SGD update that closes the update (default 1e-3).
         batching: ``loop`` (default, tasks one at a time: the paper's protocol) or ``vmap``.
         sdpa: ``default`` (PyTorch's choice; second-order methods fall back to math) or ``math``.
         limit_mib: stop an update as ``oom`` above this many MiB over the baseline (None: none).
@@ -102,7 +102,7 @@ class MemorySettings:
     cg_steps: int = 5
     es_samples: int = 2
     es_sigma: float = 0.01
-    outer_lr: float = 1e-3
+    meta_lr: float = 1e-3
     batching: str = "loop"
     sdpa: str = "default"
     limit_mib: float | None = None
@@ -124,8 +124,8 @@ class MemorySettings:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise FobbenchError(f"--{name.replace('_', '-')} must be an integer >= 1 (got {value})")
-        if not (self.outer_lr > 0 and math.isfinite(self.outer_lr)):
-            raise FobbenchError(f"--outer-lr must be > 0 (got {self.outer_lr})")
+        if not (self.meta_lr > 0 and math.isfinite(self.meta_lr)):
+            raise FobbenchError(f"--meta-lr must be > 0 (got {self.meta_lr})")
         limit_bytes(self.limit_mib)
         inner = InnerConfig(steps=self.steps, lr=self.inner_lr, lam=self.lam)
         estimator = EstimatorConfig(inner=inner, nu=self.nu, cg_steps=self.cg_steps,
@@ -141,9 +141,9 @@ class MemorySettings:
         """The settings written as point columns of every row (all sizes and hyperparameters)."""
         common = {
             "tasks": self.tasks, "batch": self.batch, "ways": self.ways, "depth": self.depth,
-            "k": self.steps, "inner_lr": self.inner_lr, "lam": self.lam, "nu": self.nu,
+            "inner_steps": self.steps, "inner_lr": self.inner_lr, "lam": self.lam, "nu": self.nu,
             "cg_steps": self.cg_steps, "es_samples": self.es_samples, "es_sigma": self.es_sigma,
-            "outer_lr": self.outer_lr, "batching": self.batching,
+            "meta_lr": self.meta_lr, "batching": self.batching,
             "limit_mib": "" if self.limit_mib is None else self.limit_mib,
         }
         if self.arch == "transformer":
@@ -260,7 +260,7 @@ def make_update(settings: MemorySettings, method: str, work: Workload) -> Callab
     """
     theta = work.theta
     loss = classification_loss(work.model)
-    outer = make_outer("sgd", theta.values(), settings.outer_lr)
+    outer = make_outer("sgd", theta.values(), settings.meta_lr)
 
     def update() -> None:
         generator = torch.Generator().manual_seed(settings.seed)
@@ -339,12 +339,14 @@ class MemorySweep:
         points: the swept sizes of each point (:func:`sweep_points`).
         methods: estimators, measured one after another at each point.
         sweep: the name of the swept size (``seq``, ``d_model``, ``channels``).
+        seeds: seeds of model, tasks and ES directions; the sweep is repeated for each.
     """
 
     settings: MemorySettings
     points: tuple[dict[str, int], ...]
     methods: tuple[str, ...]
     sweep: str
+    seeds: tuple[int, ...] = (0,)
 
     def outputs(self) -> list[Output]:
         """One CSV; rows record the device the update ran on (``meta`` for estimates)."""
@@ -354,20 +356,19 @@ class MemorySweep:
 
     def total(self) -> int:
         """One unit per (point, method)."""
-        return len(self.points) * len(self.methods)
+        return len(self.seeds) * len(self.points) * len(self.methods)
 
     def records(self, sink: Sink) -> Iterator[Record | Tick]:
         """Measure each (point, method) not already in a resumed file. Out-of-memory points
         give a record with status ``oom`` and the sweep continues."""
-        fixed, hashed, seed = self.settings.fixed_columns(), self.settings.hashed(), self.settings.seed
-        for sizes in self.points:
-            for method in self.methods:
-                record = Record(method, {**sizes, **fixed}, hashed, seed)
-                if sink.done(record):
-                    yield record
-                    continue
-                memory, kernel = measure_point(self.settings, sizes, method)
-                info = {"status": memory.status, "sweep": self.sweep, "sdpa_backend": kernel,
-                        "message": memory.message}
-                yield Tick(0, f"{self.settings.benchmark} {self.sweep}={sizes[self.sweep]} {method}")
-                yield replace(record, measurements=measurements(memory), info=info)
+        fixed, hashed = self.settings.fixed_columns(), self.settings.hashed()
+        for seed, sizes, method in itertools.product(self.seeds, self.points, self.methods):
+            settings = replace(self.settings, seed=seed)
+            record = Record(method, {**sizes, **fixed}, hashed, seed)
+            if sink.done(record):
+                yield record
+                continue
+            memory, kernel = measure_point(settings, sizes, method)
+            info = {"status": memory.status, "sweep": self.sweep, "sdpa_backend": kernel, "message": memory.message}
+            yield Tick(0, f"{self.settings.benchmark} {self.sweep}={sizes[self.sweep]} {method}")
+            yield replace(record, measurements=measurements(memory), info=info)

@@ -71,7 +71,7 @@ def _error_vs_k(frame: pd.DataFrame, out_dir: Path, fmt: str) -> Path | None:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for label, group in _lines(rows):
-        _band(ax, aggregate(group, ["k"]), "k", label)
+        _band(ax, aggregate(group, ["inner_steps"]), "inner_steps", label)
     ax.set(xscale="log", yscale="log", xlabel="inner steps K", ylabel="‖g − ∇F‖ / ‖∇F‖",
            title="Meta-gradient error vs inner steps (quadratic)")
     ax.grid(True, which="both", alpha=0.3)
@@ -110,7 +110,7 @@ def _error_vs_nu(frame: pd.DataFrame, out_dir: Path, fmt: str) -> Path | None:
     fig, axes = plt.subplots(1, len(methods), figsize=(5.2 * len(methods), 4.2), squeeze=False)
     for ax, method in zip(axes[0], methods):
         subset = rows[rows["method"] == method]
-        for k, group in subset.groupby("k", sort=True):
+        for k, group in subset.groupby("inner_steps", sort=True):
             for label, line in _lines(group, split=("lam",)):
                 _band(ax, aggregate(line, ["nu"]), "nu", f"K={int(k)}" + label.removeprefix(method))
         ax.set(xscale="log", yscale="log", xlabel="perturbation ν", ylabel="‖g − ∇F‖ / ‖∇F‖",
