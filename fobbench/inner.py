@@ -140,7 +140,7 @@ def _update_in_place(p: Tensor, grad: Tensor, state: tuple[Tensor, ...], step: i
     """:func:`_update` written back into ``p`` and its buffers; temporaries die on return."""
     value, buffers = _update(p, grad, state, step, config)
     p.copy_(value)
-    for old, new in zip(state, buffers):
+    for old, new in zip(state, buffers, strict=False):
         old.copy_(new)
 
 
@@ -158,7 +158,8 @@ def loss_gradient(loss: LossFn, params: Params, data: Data, *, in_place: bool = 
     leaves = {n: p.detach().requires_grad_() for n, p in params.items()}
     with torch.enable_grad():
         grads = torch.autograd.grad(loss(leaves, data), list(leaves.values()), allow_unused=True)
-    return {n: g if g is not None else torch.zeros_like(leaves[n]) for n, g in zip(leaves, grads)}
+    return {n: g if g is not None else torch.zeros_like(leaves[n])
+            for n, g in zip(leaves, grads, strict=False)}
 
 
 def _solve_functional(

@@ -73,7 +73,7 @@ class SNGDM(torch.optim.Optimizer):
                 buf.mul_(beta).add_(p.grad, alpha=1 - beta)
                 buffers.append(buf)
             norm = _global_norm(buffers)
-            for p, buf in zip(params, buffers):
+            for p, buf in zip(params, buffers, strict=False):
                 p.add_(buf, alpha=-group["lr"] / (float(norm) + 1e-12))
 
 

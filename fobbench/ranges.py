@@ -84,10 +84,7 @@ def parse_range(
             ratio = (hi / lo) ** (1.0 / (count - 1))
             values = [lo * ratio**i for i in range(count)]
             values[-1] = hi
-            if kind is int:
-                values = sorted({round(v) for v in values})
-            else:
-                values = [kind(v) for v in values]
+            values = sorted({round(v) for v in values}) if kind is int else [kind(v) for v in values]
         else:
             if lo <= 0:
                 raise FobbenchError(f"{option}: '{spec}' doubling needs a start above 0")

@@ -265,7 +265,8 @@ def load(path: Path | str) -> Suite:
         for key, value in options.items():
             if key in RESERVED_OPTIONS:
                 raise suite.error(f"--{key} is set by fobbench run for every point", index, ("options", key))
-            if isinstance(value, dict) or (isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value)):
+            nested = isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value)
+            if isinstance(value, dict) or nested:
                 raise suite.error("option values are strings, numbers, booleans or flat lists",
                                   index, ("options", key))
         sweep = table.get("sweep")

@@ -31,7 +31,8 @@ def test_version(cli) -> None:
 
 def test_unknown_option_is_one_line_exit_2() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "fobbench", "info", "--bogus"], capture_output=True, text=True, timeout=120, check=False
+        [sys.executable, "-m", "fobbench", "info", "--bogus"], capture_output=True, text=True, timeout=120,
+        check=False
     )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()

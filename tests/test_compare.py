@@ -200,8 +200,10 @@ def test_point_columns_and_metric_table() -> None:
 
 def test_point_columns_come_from_the_file_headers(tmp_path: Path) -> None:
     """An info column (outside the hash) is never a point column, whatever its name."""
-    writer = ResultWriter(tmp_path / "x.csv", "gradcheck.error_vs_k", ["k", "nu"], info_columns=["inner_lr", "seq"])
-    writer.write_point("maml", {"k": 1, "nu": 0.1}, {}, 0, [Measurement("rel_error", 0.5, "1", "closed_form")],
+    writer = ResultWriter(tmp_path / "x.csv", "gradcheck.error_vs_k", ["k", "nu"],
+                          info_columns=["inner_lr", "seq"])
+    writer.write_point("maml", {"k": 1, "nu": 0.1}, {}, 0,
+                       [Measurement("rel_error", 0.5, "1", "closed_form")],
                        info={"inner_lr": 0.3, "seq": 4})
     frame = read_results(tmp_path / "x.csv")
     assert comparison.point_columns(frame) == ["k", "nu"]

@@ -81,7 +81,7 @@ def _true_gradient(a, b, c, d, theta) -> np.ndarray:
     """eq. (7): mean_i λ(A_i + λI)⁻¹(C_iφ*_i + d_i), φ*_i = (A_i + λI)⁻¹(λθ − b_i)."""
     eye = np.eye(theta.size)
     grads = []
-    for ai, bi, ci, di in zip(a, b, c, d):
+    for ai, bi, ci, di in zip(a, b, c, d, strict=False):
         phi = np.linalg.solve(ai + LAM * eye, LAM * theta - bi)
         grads.append(LAM * np.linalg.solve(ai + LAM * eye, ci @ phi + di))
     return np.mean(grads, axis=0)
@@ -241,9 +241,9 @@ def _autograd_maml(model, loss, theta, support, query, steps: int, lr: float) ->
         for _ in range(steps):
             objective = loss(phi, s) + 0.5 * LAM * sum(((phi[n] - leaves[n]) ** 2).sum() for n in phi)
             grads = torch.autograd.grad(objective, list(phi.values()), create_graph=True)
-            phi = {n: phi[n] - lr * g for n, g in zip(phi, grads)}
+            phi = {n: phi[n] - lr * g for n, g in zip(phi, grads, strict=False)}
         grads = torch.autograd.grad(loss(phi, q), list(leaves.values()))
-        total = {n: total[n] + g / tasks for n, g in zip(total, grads)}
+        total = {n: total[n] + g / tasks for n, g in zip(total, grads, strict=False)}
     return total
 
 
@@ -266,7 +266,7 @@ def _dense_implicit(loss, theta, support, query) -> dict:
     flat_theta = torch.cat([theta[n].reshape(-1) for n in names])
 
     def unflat(vector):
-        return {n: t.reshape(s) for n, t, s in zip(names, torch.split(vector, sizes), shapes)}
+        return {n: t.reshape(s) for n, t, s in zip(names, torch.split(vector, sizes), shapes, strict=False)}
 
     total = torch.zeros_like(flat_theta)
     tasks = support[0].shape[0]

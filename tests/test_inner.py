@@ -36,8 +36,10 @@ def test_sequential_gradient_equals_autograd_of_the_objective(v: float) -> None:
     torch.testing.assert_close(got["x"], expected["x"], rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize(("optimizer", "lr", "steps"), [("gd", 0.2, 400), ("momentum", 0.05, 400), ("adam", 0.05, 3000)])
-def test_every_inner_optimizer_reaches_the_closed_form_solution(optimizer: str, lr: float, steps: int) -> None:
+@pytest.mark.parametrize(("optimizer", "lr", "steps"),
+                         [("gd", 0.2, 400), ("momentum", 0.05, 400), ("adam", 0.05, 3000)])
+def test_every_inner_optimizer_reaches_the_closed_form_solution(optimizer: str, lr: float, steps: int
+                                                                ) -> None:
     loss, theta, a, b = _quadratic()
     lam, v = 2.0, 0.1
     query = (a, b)
@@ -48,7 +50,8 @@ def test_every_inner_optimizer_reaches_the_closed_form_solution(optimizer: str, 
     assert torch.linalg.norm(phi - closed) / torch.linalg.norm(closed) < 1e-6
 
 
-@pytest.mark.parametrize("kwargs", [{"steps": 0}, {"lam": 0.0}, {"lam": -1.0}, {"lr": 0.0}, {"optimizer": "lbfgs"}])
+@pytest.mark.parametrize("kwargs", [{"steps": 0}, {"lam": 0.0}, {"lam": -1.0}, {"lr": 0.0},
+                                    {"optimizer": "lbfgs"}])
 def test_bad_inner_settings_are_one_line_errors(kwargs: dict) -> None:
     with pytest.raises(FobbenchError) as error:
         InnerConfig(**kwargs)
@@ -95,7 +98,7 @@ def test_solve_stays_differentiable_when_theta_requires_grad() -> None:
     outer = loss(solve(leaves, loss, support, query, 0.0, config), query)
     by_autograd = torch.autograd.grad(outer, list(leaves.values()))
     by_func = torch.func.grad(lambda th: loss(solve(th, loss, support, query, 0.0, config), query))(theta)
-    for got, n in zip(by_autograd, theta):
+    for got, n in zip(by_autograd, theta, strict=False):
         torch.testing.assert_close(got, by_func[n], rtol=1e-12, atol=1e-14)
     # and it is not FO-MAML's gradient: the solver's Jacobian is in it
     fo = loss_gradient(loss, solve(theta, loss, support, query, 0.0, config), query)

@@ -22,7 +22,7 @@ def _quadratic(params: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def _gradient(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     grads = torch.autograd.grad(_quadratic(params), list(params.values()))
-    return dict(zip(params, grads))
+    return dict(zip(params, grads, strict=False))
 
 
 def _flat(params: dict[str, torch.Tensor]) -> torch.Tensor:

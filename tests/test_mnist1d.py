@@ -116,7 +116,8 @@ def test_support_and_query_disjoint_and_from_the_right_split(problem: MNIST1DPro
             assert not any(r.numpy().tobytes() in foreign for r in batch.query[0][task, :, 0])
             # One original class per task label, and three distinct classes per task.
             original = {}
-            for idx, label in zip(s + q, torch.cat([batch.support[1][task], batch.query[1][task]]).tolist()):
+            for idx, label in zip(s + q, torch.cat([batch.support[1][task], batch.query[1][task]]).tolist(),
+                                  strict=False):
                 original.setdefault(label, set()).add(int(labels[idx]))
             assert all(len(v) == 1 for v in original.values())
             assert len({next(iter(v)) for v in original.values()}) == 3
@@ -126,7 +127,7 @@ def test_sampler_is_reproducible_by_seed(problem: MNIST1DProblem) -> None:
     a = problem.sample("train", 5, torch.Generator().manual_seed(3))
     b = problem.sample("train", 5, torch.Generator().manual_seed(3))
     c = problem.sample("train", 5, torch.Generator().manual_seed(4))
-    assert all(torch.equal(u, v) for u, v in zip(a.support + a.query, b.support + b.query))
+    assert all(torch.equal(u, v) for u, v in zip(a.support + a.query, b.support + b.query, strict=False))
     assert not torch.equal(a.support[0], c.support[0])
 
 

@@ -261,7 +261,7 @@ def test_task_shapes_labels_and_range(problem: OmniglotProblem) -> None:
     assert xs.shape == (3, 5, 1, 28, 28) and xq.shape == (3, 75, 1, 28, 28)
     assert xs.dtype == torch.float32 and ys.dtype == torch.int64
     assert ys.shape == (3, 5) and yq.shape == (3, 75)
-    assert 0.0 <= float(xq.min()) and float(xq.max()) <= 1.0 and float(xq.mean()) < 0.3   # ink = 1, sparse
+    assert float(xq.min()) >= 0.0 and float(xq.max()) <= 1.0 and float(xq.mean()) < 0.3   # ink = 1, sparse
     assert all(torch.bincount(y, minlength=5).tolist() == [15] * 5 for y in yq)
     again = problem.sample("train", 3, torch.Generator().manual_seed(0))
     assert torch.equal(again.query[0], xq)

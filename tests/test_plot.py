@@ -17,7 +17,7 @@ from fobbench.results import Measurement, ResultWriter
 
 def write_bench(folder: Path, benchmark: str, values: list[float]) -> Path:
     writer = ResultWriter(folder / f"{benchmark}.csv", benchmark, ["size"])
-    for size, value in zip((1, 2, 4, 8), values):
+    for size, value in zip((1, 2, 4, 8), values, strict=False):
         writer.write_point("fobmaml-sym", {"size": size}, {}, 0,
                            [Measurement("score", float(value), "1", "closed_form")])
     return writer.path

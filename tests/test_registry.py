@@ -71,7 +71,8 @@ def test_floor_comes_from_the_registration(dummy: str) -> None:
 
 
 def test_a_registered_method_shows_up_in_gradcheck(dummy: str, cli, tmp_path: Path) -> None:
-    code, stdout, stderr = cli("gradcheck", "--inner-steps", "1,3", "--dim", "5", "--tasks", "2", "--quiet", "--no-plot",
+    code, stdout, stderr = cli("gradcheck", "--inner-steps", "1,3", "--dim", "5", "--tasks", "2", "--quiet",
+                               "--no-plot",
                                "--out", str(tmp_path / "gc"))
     assert code == 0, stderr
     frame = read_results(tmp_path / "gc" / "error_vs_k.csv")
@@ -87,7 +88,8 @@ def test_a_registered_method_shows_up_in_gradcheck(dummy: str, cli, tmp_path: Pa
 def test_a_registered_method_is_in_memorys_default_set(dummy: str, cli, tmp_path: Path) -> None:
     out = tmp_path / "mem.csv"
     code, _, stderr = cli("memory", "--arch", "transformer", "--d-model", "16", "--heads", "2", "--ffn", "32",
-                          "--batch", "2", "--seq", "8", "--inner-steps", "1", "--es-samples", "1", "--quiet", "--no-plot",
+                          "--batch", "2", "--seq", "8", "--inner-steps", "1", "--es-samples", "1",
+                          "--quiet", "--no-plot",
                           "--out", str(out))
     assert code == 0, stderr
     assert set(read_results(out)["method"]) == set(names(trainable=True))

@@ -20,7 +20,8 @@ from fobbench.results.schema import PROVENANCE_COLUMNS, columns
 
 
 def _writer(path: Path, resume: bool = False) -> ResultWriter:
-    return ResultWriter(path, "demo.sweep", point_columns=("k", "nu"), info_columns=("status",), resume=resume)
+    return ResultWriter(path, "demo.sweep", point_columns=("k", "nu"), info_columns=("status",),
+                        resume=resume)
 
 
 def test_round_trip_keeps_every_column_and_value(tmp_path: Path) -> None:

@@ -77,7 +77,8 @@ def test_registration_declares_what_consumers_need() -> None:
 def test_gradcheck_rate_fit_shows_slope_four() -> None:
     """gradcheck's ν-rate fit (near-exact solve, the registered ν span) finds the theory slope."""
     config = experiment.GradcheckConfig(experiments=("rates",), methods=(METHOD,), dim=8, tasks=3,
-                                        nu_ks=(5, 10, 20), nu_grid=(1e-2, 1e-1, 0.3), rate_deltas=(1e-10, 1e-8, 1e-6))
+                                        nu_ks=(5, 10, 20), nu_grid=(1e-2, 1e-1, 0.3),
+                                        rate_deltas=(1e-10, 1e-8, 1e-6))
     rows = [r for r in experiment._rates(experiment.Context(config, 0), lambda m, p: False)
             if r.point.get("fit") == "nu" and r.point.get("x") is None]
     slope = {m.metric: m.value for m in rows[0].measurements}
@@ -87,12 +88,14 @@ def test_gradcheck_rate_fit_shows_slope_four() -> None:
 
 
 def test_it_appears_in_gradcheck_memory_and_train(cli, tmp_path: Path) -> None:
-    code, stdout, stderr = cli("gradcheck", "--inner-steps", "1,5", "--dim", "6", "--tasks", "2", "--quiet", "--no-plot",
+    code, stdout, stderr = cli("gradcheck", "--inner-steps", "1,5", "--dim", "6", "--tasks", "2", "--quiet",
+                               "--no-plot",
                                "--out", str(tmp_path / "gc"))
     assert code == 0, stderr
     assert METHOD in stdout
     assert METHOD in set(read_results(tmp_path / "gc" / "error_vs_k.csv")["method"])
-    code, stdout, stderr = cli("memory", "--arch", "transformer", "--d-model", "16", "--heads", "2", "--ffn", "32",
+    code, stdout, stderr = cli("memory", "--arch", "transformer", "--d-model", "16", "--heads", "2",
+                               "--ffn", "32",
                                "--batch", "2", "--seq", "8", "--inner-steps", "2", "--quiet", "--no-plot",
                                "--out", str(tmp_path / "mem.csv"))
     assert code == 0, stderr

@@ -101,11 +101,13 @@ def test_resume_reproduces_an_uninterrupted_run(cli, tmp_path: Path) -> None:
         y = experiment.load_checkpoint(tmp_path / "broken-checkpoints" / name)
         assert x["iteration"] == y["iteration"] == 4
         assert all(torch.equal(x["theta"][k], y["theta"][k]) for k in x["theta"])
-        assert all(torch.equal(x["optimizer"]["state"][i]["exp_avg_sq"], y["optimizer"]["state"][i]["exp_avg_sq"])
+        assert all(torch.equal(x["optimizer"]["state"][i]["exp_avg_sq"],
+                               y["optimizer"]["state"][i]["exp_avg_sq"])
                    for i in x["optimizer"]["state"])
 
 
-def test_resume_after_a_kill_between_checkpoints(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resume_after_a_kill_between_checkpoints(cli, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     common = ("--method", "fobmaml-sym", "--meta-batch", "2", "--eval-every", "1", "--eval-tasks", "4",
               "--checkpoint-every", "2", "--iterations", "5", "--no-plot", *SMALL)
     straight, broken = tmp_path / "straight.csv", tmp_path / "broken.csv"
@@ -122,7 +124,8 @@ def test_resume_after_a_kill_between_checkpoints(cli, tmp_path: Path, monkeypatc
     monkeypatch.setattr(experiment, "save_checkpoint", interrupted)
     code = cli("train", "mnist1d", *common, "--out", str(broken))[0]
     assert code == 130 and calls == [2, 4]
-    assert experiment.load_checkpoint(tmp_path / "broken-checkpoints" / "fobmaml-sym-seed0.pt")["iteration"] == 2
+    checkpoint = tmp_path / "broken-checkpoints" / "fobmaml-sym-seed0.pt"
+    assert experiment.load_checkpoint(checkpoint)["iteration"] == 2
     monkeypatch.setattr(experiment, "save_checkpoint", save)
     assert cli("train", "mnist1d", *common, "--resume", str(broken))[0] == 0
     rows = read_results(broken)
@@ -257,7 +260,8 @@ def test_every_trainable_registry_method_trains_with_its_own_floor(cli, tmp_path
     """``--methods all`` is the registry: each method (fobmaml-richardson included, with no
     edit outside its module) trains and reports time against its registered floor."""
     out = tmp_path / "all.csv"
-    code, stdout, stderr = cli("train", "mnist1d", "--methods", "all", "--iterations", "1", "--meta-batch", "2",
+    code, stdout, stderr = cli("train", "mnist1d", "--methods", "all", "--iterations", "1", "--meta-batch",
+                               "2",
                                "--eval-every", "1", "--eval-tasks", "4", "--es-samples", "2", "--no-plot",
                                "--out", str(out), *SMALL)
     assert code == 0, stderr

@@ -28,7 +28,8 @@ def test_old_spellings_still_work_with_one_deprecation_note(cli, tmp_path: Path)
     code, _, stderr = cli("gradcheck", *common, "--inner-steps", "1,3", "--inner-lr", "0.01", "--seeds", "1",
                           "--out", str(new_out))
     assert code == 0 and stderr == ""
-    code, _, stderr = cli("gradcheck", *common, "--k", "1,3", "--lr", "0.01", "--seed", "1", "--out", str(old_out))
+    code, _, stderr = cli("gradcheck", *common, "--k", "1,3", "--lr", "0.01", "--seed", "1", "--out",
+                          str(old_out))
     assert code == 0, stderr
     notes = stderr.strip().splitlines()
     assert notes == [f"fobbench: note: {old} is deprecated and will be removed; use {ALIASES[old]}"

@@ -25,7 +25,8 @@ EXAMPLE = (
 )
 
 ALIASES = tuple(options.alias(flag, kind) for flag, kind in (
-    ("--k", str), ("--nu-k", str), ("--train-k", int), ("--outer-lr", float), ("--lr", float), ("--seed", str)))
+    ("--k", str), ("--nu-k", str), ("--train-k", int), ("--outer-lr", float), ("--lr", float),
+    ("--seed", str)))
 """Old spellings accepted (hidden, with a deprecation note)."""
 
 
@@ -67,7 +68,8 @@ def _show(files: runner.RunFiles) -> None:
     losses = frame[(frame["benchmark"] == "gradcheck.outer_loss") & (frame["metric"] == "suboptimality")]
     if not losses.empty:
         last = losses[losses["iteration"] == losses["iteration"].max()].copy()
-        last["label"] = [experiment.method_label(m, c) for m, c in zip(last["method"], last["cg_steps"])]
+        pairs = zip(last["method"], last["cg_steps"], strict=False)
+        last["label"] = [experiment.method_label(m, c) for m, c in pairs]
         view = Table(title=f"meta-training: F(θ_t) − F* after {int(last['iteration'].max())} outer steps",
                      box=box.SIMPLE_HEAD, pad_edge=False)
         view.add_column("estimator", no_wrap=True)
@@ -85,7 +87,8 @@ def gradcheck(
     methods: Annotated[str, typer.Option(
         "--methods", help=f"Comma-separated estimators, or all ({', '.join(names())})."
     )] = "all",
-    inner_steps: Annotated[str, typer.Option("--inner-steps", help="Inner steps K of error_vs_k (range syntax).")]
+    inner_steps: Annotated[str, typer.Option("--inner-steps",
+                                             help="Inner steps K of error_vs_k (range syntax).")]
     = "1,2,5,10,20,50,100",
     nu: Annotated[float, typer.Option("--nu", help="FO-B-MAML ν of error_vs_k and outer_loss (≠ 0).")] = 0.01,
     lam: Annotated[float, typer.Option("--lam", help="Proximal strength λ > 0.")] = 2.0,
@@ -99,15 +102,18 @@ def gradcheck(
         "registered span, else 1e-3..1e-1@9).")] = None,
     rate_delta: Annotated[str, typer.Option("--rate-delta", help="δ values of the perturbed-solution "
                                             "rate fit.")] = "1e-12..1e-4@9",
-    train_inner_steps: Annotated[int, typer.Option("--train-inner-steps", help="Inner steps K of outer_loss.")]
+    train_inner_steps: Annotated[int, typer.Option(
+        "--train-inner-steps", help="Inner steps K of outer_loss.")]
     = 20,
     iters: Annotated[int, typer.Option("--iters", help="Outer iterations of outer_loss.")] = 50,
     outer: Annotated[str, typer.Option("--outer", help="Outer optimizer: sgd, clipped, sngdm, adam.")]
     = "sgd",
     meta_lr: Annotated[float | None, typer.Option(
-        "--meta-lr", help="Outer (meta) step size (default: 0.25/L_F, L_F = largest eigenvalue of ∇²F).")] = None,
+        "--meta-lr",
+        help="Outer (meta) step size (default: 0.25/L_F, L_F = largest eigenvalue of ∇²F).")] = None,
     inner_lr: Annotated[float | None, typer.Option(
-        "--inner-lr", help="Inner step size α (default: 1/(L_max(1+|ν|)+λ) from the tasks' spectra).")] = None,
+        "--inner-lr",
+        help="Inner step size α (default: 1/(L_max(1+|ν|)+λ) from the tasks' spectra).")] = None,
     cg_steps: Annotated[str, typer.Option("--cg-steps", help="iMAML CG step counts (one line each).")]
     = "2,5",
     es_samples: Annotated[int, typer.Option("--es-samples", help=hyperparameter_help("es_samples"))] = 16,
@@ -119,7 +125,8 @@ def gradcheck(
     distinct_test: Annotated[bool, typer.Option(
         "--distinct-test/--same-test", help="Test quadratic f_i ≠ train quadratic f̂_i (paper: same).")
     ] = False,
-    seeds: Annotated[str, typer.Option("--seeds", help="Seed(s) of tasks and ES noise; a list repeats.")] = "0",
+    seeds: Annotated[str, typer.Option("--seeds",
+                                       help="Seed(s) of tasks and ES noise; a list repeats.")] = "0",
     batching: Annotated[str, typer.Option("--batching", help="vmap over tasks, or loop (one at a time).")]
     = "vmap",
     threads: Annotated[int, typer.Option("--threads", help="torch CPU threads (1 is fastest here).")]

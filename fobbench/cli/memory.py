@@ -23,7 +23,6 @@ from fobbench.progress import console, out
 from fobbench.ranges import parse_range, parse_seeds
 from fobbench.results import default_path, read_results
 
-
 ALIASES = (options.alias("--k", int), options.alias("--outer-lr", float), options.alias("--seed"))
 """Old spellings accepted (hidden, with a deprecation note)."""
 
@@ -168,9 +167,11 @@ def plan(p: Mapping[str, Any]) -> runner.Plan:
     backend = "estimate" if p["estimate"] else device
     settings = experiment.MemorySettings(
         arch=arch, backend=backend, tasks=p["tasks"], batch=p["batch"], ways=p["ways"], depth=p["depth"],
-        heads=p["heads"], ffn=p["ffn"], image=p["image"], in_channels=p["in_channels"], steps=p["inner_steps"],
+        heads=p["heads"], ffn=p["ffn"], image=p["image"], in_channels=p["in_channels"],
+        steps=p["inner_steps"],
         inner_lr=p["inner_lr"], lam=p["lam"], nu=p["nu"], cg_steps=p["cg_steps"], es_samples=p["es_samples"],
-        es_sigma=p["es_sigma"], meta_lr=p["meta_lr"], batching=_choice(p["batching"]), sdpa=_choice(p["sdpa"]),
+        es_sigma=p["es_sigma"], meta_lr=p["meta_lr"], batching=_choice(p["batching"]),
+        sdpa=_choice(p["sdpa"]),
         limit_mib=limit,
     )
     seeds = parse_seeds(str(p["seeds"]), "--seeds")
@@ -182,7 +183,8 @@ def plan(p: Mapping[str, Any]) -> runner.Plan:
 
         require_cuda()
     path, resuming = runner.destination(p["out_file"], p["resume"], lambda: default_path(settings.benchmark))
-    kind = {"cpu": "CPU live tensors", "cuda": "CUDA max_memory_allocated", "estimate": "ESTIMATE (meta device)"}
+    kind = {"cpu": "CPU live tensors", "cuda": "CUDA max_memory_allocated",
+            "estimate": "ESTIMATE (meta device)"}
 
     def show(files: runner.RunFiles) -> None:
         frame = files.frame()

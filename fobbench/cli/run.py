@@ -8,7 +8,6 @@ import shlex
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,15 +21,13 @@ from fobbench.cli import options
 from fobbench.cli.app import app
 from fobbench.errors import FobbenchError
 from fobbench.experiments import runner
-from fobbench.measure.environment import git_state
 from fobbench.progress import console, out, progress, table_console
+from fobbench.results.store import run_stamp
 
 
 def default_out(suite_path: Path) -> Path:
     """``results/suites/<suite>-<UTC stamp>-<commit>/``: a fresh folder per invocation."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    commit = git_state()[0][:7] or "nogit"
-    return Path("results") / "suites" / f"{suite_path.stem}-{stamp}-{commit}"
+    return Path("results") / "suites" / f"{suite_path.stem}-{run_stamp()}"
 
 
 def _planners() -> dict[tuple[str, ...], Callable[[dict[str, Any]], runner.Plan]]:
@@ -70,7 +67,8 @@ def execute_point(words: Sequence[str], values: dict[str, Any], verbose: bool) -
 @app.command(
     epilog=(
         "Example: fobbench run suites/ci.toml --out /tmp/ci_run\n\n"
-        "Cluster array job: fobbench run suites/paper.toml --out runs/paper --shard $((SLURM_ARRAY_TASK_ID+1))/8"
+        "Cluster array job: fobbench run suites/paper.toml --out runs/paper "
+        "--shard $((SLURM_ARRAY_TASK_ID+1))/8"
     )
 )
 def run(
@@ -81,7 +79,8 @@ def run(
     shard: Annotated[str | None, typer.Option(
         "--shard", help="Run only slice I of N (I/N, 1-based): the points with index % N == I-1.")] = None,
     dry_run: Annotated[bool, typer.Option(
-        "--dry-run", "--list", help="Print the expanded points and their command lines; run nothing.")] = False,
+        "--dry-run", "--list",
+        help="Print the expanded points and their command lines; run nothing.")] = False,
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue a suite in an existing --out folder: points with results are resumed "
         "(finished rows skipped) instead of refused.")] = False,
@@ -139,7 +138,7 @@ def run(
             seconds = time.perf_counter() - begin
             log = output.parent / f"{point.label}.log"
             log.write_text(
-                f"# as: fobbench {shlex.join(args)}\n{captured}{message}\nexit {code} after {seconds:.1f} s\n"
+                f"$ fobbench {shlex.join(args)}\n{captured}{message}\nexit {code} after {seconds:.1f} s\n"
             )
             status = "ok" if code == 0 else f"failed ({code}): {message.splitlines()[0] if message else ''}"
             records.append((point, status, seconds, output))

@@ -45,7 +45,8 @@ BATCHING = ("vmap", "loop")
 
 __all__ = [
     "BATCHING", "REGISTRY", "Estimator", "EstimatorConfig", "FloorPasses", "MetaGradient", "accumulates",
-    "get", "hyperparameter_help", "meta_gradient", "names", "parse_methods", "per_task", "rank_of", "register",
+    "get", "hyperparameter_help", "meta_gradient", "names", "parse_methods", "per_task", "rank_of",
+    "register",
 ]
 
 # Every module of this package registers its method on import: adding an estimator is adding

@@ -33,7 +33,8 @@ def _difference_into(theta: Params, loss: LossFn, support: Data, query: Data, co
     """total += :func:`_difference`, one solution at a time."""
     scale = config.inner.lam / (high - low)
     for v, weight in ((high, -scale), (low, scale)):
-        _fold(total, solve(theta, loss, support, query, v, config.inner, in_place=config.in_place), theta, weight)
+        _fold(total, solve(theta, loss, support, query, v, config.inner, in_place=config.in_place), theta,
+              weight)
 
 
 @register("fobmaml-forward", "−λ(φ_ν − φ_0)/ν, eq. (12)", order="first", rank=60,

@@ -136,7 +136,9 @@ class GradcheckConfig:
             if name not in EXPERIMENTS:
                 raise FobbenchError(f"--experiments: unknown experiment '{name}'")
         parse_methods(",".join(self.methods))
-        for option, values in (("--inner-steps", self.ks), ("--nu-inner-steps", self.nu_ks), ("--cg-steps", self.cg_steps)):
+        int_options = (("--inner-steps", self.ks), ("--nu-inner-steps", self.nu_ks),
+                       ("--cg-steps", self.cg_steps))
+        for option, values in int_options:
             if not values or any(not isinstance(v, int) or v < 1 for v in values):
                 raise FobbenchError(f"{option}: every value must be an integer >= 1 (got {list(values)})")
         for option, floats in (("--nu-grid", self.nu_grid), ("--lam-grid", self.lam_grid),
@@ -146,7 +148,8 @@ class GradcheckConfig:
         if "rates" in self.experiments and (len(self.rate_nus or (0,) * RATE_POINTS) < 3
                                             or len(self.rate_deltas) < 3
                                             or len(self.nu_ks) < 3):
-            raise FobbenchError("rates: --rate-nu, --rate-delta and --nu-inner-steps need at least 3 values each")
+            raise FobbenchError("rates: --rate-nu, --rate-delta and --nu-inner-steps need at least 3 values "
+                                "each")
         if self.train_k < 1:
             raise FobbenchError(f"--train-inner-steps must be >= 1 (got {self.train_k})")
         if self.iters < 1:
@@ -518,7 +521,7 @@ def _rates(ctx: Context, done: Done) -> Iterator[Record]:
               for delta in c.rate_deltas]
     for method in methods:
         xs, ys = [], []
-        for delta, curve in zip(c.rate_deltas, curves):
+        for delta, curve in zip(c.rate_deltas, curves, strict=False):
             errors = curve[method]
             best = int(np.nanargmin(errors))
             point = {"fit": "delta", "solver": "perturbed", "inner_steps": None, "lam": c.lam, "x": delta}
@@ -531,7 +534,8 @@ def _rates(ctx: Context, done: Done) -> Iterator[Record]:
 
 
 REGISTRY_EXPERIMENTS: dict[str, Experiment] = {
-    "error_vs_k": Experiment("error_vs_k", ("inner_steps", "cg_steps", "nu", "lam"), ("inner_lr", "contraction"),
+    "error_vs_k": Experiment("error_vs_k", ("inner_steps", "cg_steps", "nu", "lam"),
+                             ("inner_lr", "contraction"),
                              _error_vs_k_count, _error_vs_k),
     "outer_loss": Experiment("outer_loss", ("inner_steps", "cg_steps", "iteration", "nu", "lam"),
                              ("inner_lr", "outer", "meta_lr", "f_star"), _outer_loss_count, _outer_loss,
@@ -541,7 +545,8 @@ REGISTRY_EXPERIMENTS: dict[str, Experiment] = {
     "lambda": Experiment("lambda", ("lam",), (), _lambda_count, _lambda),
     "rates": Experiment("rates", ("fit", "solver", "inner_steps", "lam", "x"),
                         ("inner_lr", "momentum", "fit_points", "fit_range"), _rates_count, _rates,
-                        lambda c: {"nu_grid": c.nu_grid, "nu_ks": c.nu_ks, "rate_nus": c.rate_nus or _log_grid(*RATE_NUS, RATE_POINTS),
+                        lambda c: {"nu_grid": c.nu_grid, "nu_ks": c.nu_ks,
+                                   "rate_nus": c.rate_nus or _log_grid(*RATE_NUS, RATE_POINTS),
                                    "rate_deltas": c.rate_deltas}),
 }
 
@@ -621,7 +626,7 @@ def error_table(frame: pd.DataFrame) -> pd.DataFrame:
     rows = frame[(frame["benchmark"] == "gradcheck.error_vs_k") & (frame["metric"] == "rel_error")].copy()
     if rows.empty:
         return pd.DataFrame()
-    rows["estimator"] = [method_label(m, c) for m, c in zip(rows["method"], rows["cg_steps"])]
+    rows["estimator"] = [method_label(m, c) for m, c in zip(rows["method"], rows["cg_steps"], strict=False)]
     table = rows.pivot_table(index="estimator", columns="inner_steps", values="value", aggfunc="mean")
     table = table.loc[sorted(table.index, key=lambda label: (rank_of(label.split(" ")[0]), label))]
     table.columns = [int(k) for k in table.columns]

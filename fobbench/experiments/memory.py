@@ -189,7 +189,8 @@ def sweep_points(arch: str, sizes: dict[str, list[int]]) -> tuple[str, list[dict
             + " both have several values"
         )
     sweep = varying[0] if varying else names[-1]
-    points = [dict(zip(names, combo)) for combo in itertools.product(*(sizes[n] for n in names))]
+    points = [dict(zip(names, combo,
+                       strict=False)) for combo in itertools.product(*(sizes[n] for n in names))]
     return sweep, points
 
 
@@ -307,9 +308,7 @@ def measure_point(settings: MemorySettings, point: dict[str, int], method: str) 
     get(method)
     device = {"cpu": "cpu", "estimate": "meta", "cuda": "cuda"}[settings.backend]
     if settings.backend == "cuda":
-        from fobbench.measure.cuda import measure_cuda, require_cuda
-
-        require_cuda()
+        from fobbench.measure.cuda import measure_cuda  # it checks the device itself
     work = build(settings, point, device)
     update = make_update(settings, method, work)
     mode, fallback = sdpa_mode(settings, method)
@@ -369,6 +368,7 @@ class MemorySweep:
                 yield record
                 continue
             memory, kernel = measure_point(settings, sizes, method)
-            info = {"status": memory.status, "sweep": self.sweep, "sdpa_backend": kernel, "message": memory.message}
+            info = {"status": memory.status, "sweep": self.sweep, "sdpa_backend": kernel,
+                    "message": memory.message}
             yield Tick(0, f"{self.settings.benchmark} {self.sweep}={sizes[self.sweep]} {method}")
             yield replace(record, measurements=measurements(memory), info=info)

@@ -173,7 +173,8 @@ def _writers(outputs: list[Output], path: Path, resume: bool) -> dict[str, Resul
     for output in outputs:
         file = path / f"{output.name}.csv" if folder else path
         writers[output.name] = ResultWriter(file, output.benchmark, output.point_columns, output.info_columns,
-                                            device=output.device, resume=resume and (not folder or file.exists()))
+                                            device=output.device,
+                                            resume=resume and (not folder or file.exists()))
     return writers
 
 

@@ -174,8 +174,10 @@ def measure_floor(loss: LossFn, theta: Params, batch: TaskBatch, passes: FloorPa
         return loss(th, data)
 
     work = [
-        (torch.func.vmap(torch.func.grad(joint), in_dims=(None, 0, 0)), batch.support, batch.query, passes.both),
-        (torch.func.vmap(torch.func.grad(one), in_dims=(None, 0, 0)), batch.support, batch.support, passes.support),
+        (torch.func.vmap(torch.func.grad(joint), in_dims=(None, 0, 0)), batch.support, batch.query,
+         passes.both),
+        (torch.func.vmap(torch.func.grad(one), in_dims=(None, 0, 0)), batch.support, batch.support,
+         passes.support),
         (torch.func.vmap(torch.func.grad(one), in_dims=(None, 0, 0)), batch.query, batch.query, passes.query),
     ]
     work = [item for item in work if item[3] > 0]
@@ -430,7 +432,8 @@ class _MethodRun:
         config, device = self.config, self.config.device
         _sync(device)
         tick = time.perf_counter()
-        batch = to_device(self.problem.sample("train", config.meta_batch, stream(self.seed, "train", t)), device)
+        batch = to_device(self.problem.sample("train", config.meta_batch, stream(self.seed, "train", t)),
+                          device)
         estimate = meta_gradient(
             self.method, self.theta, self.loss, batch.support, batch.query, config.estimator,
             batching=config.batching, chunk_size=config.chunk_size, generator=stream(self.seed, "noise", t),

@@ -65,7 +65,7 @@ def series(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     out = []
     for values, group in frame.groupby(keys, dropna=False, sort=True):
         values = values if isinstance(values, tuple) else (values,)
-        named = dict(zip(keys, values))
+        named = dict(zip(keys, values, strict=False))
         label = " · ".join(str(named[k]) for k in varying) or "all"
         out.append((label, group))
     return out

@@ -45,7 +45,7 @@ def _lines(frame: pd.DataFrame, split: Sequence[str] = SPLIT) -> Iterator[tuple[
         for values, sub in group.groupby(keys, dropna=False, sort=True):
             values = values if isinstance(values, tuple) else (values,)
             extra = []
-            for key, value in zip(keys, values):
+            for key, value in zip(keys, values, strict=False):
                 if _blank(value):
                     continue
                 symbol = {"cg_steps": "cg ", "lam": "λ=", "nu": "ν="}[key]
@@ -108,7 +108,7 @@ def _error_vs_nu(frame: pd.DataFrame, out_dir: Path, fmt: str) -> Path | None:
         return None
     methods = sorted(rows["method"].unique())
     fig, axes = plt.subplots(1, len(methods), figsize=(5.2 * len(methods), 4.2), squeeze=False)
-    for ax, method in zip(axes[0], methods):
+    for ax, method in zip(axes[0], methods, strict=False):
         subset = rows[rows["method"] == method]
         for k, group in subset.groupby("inner_steps", sort=True):
             for label, line in _lines(group, split=("lam",)):
@@ -149,9 +149,9 @@ def _rates(frame: pd.DataFrame, out_dir: Path, fmt: str) -> Path | None:
     if points.empty:
         return None
     fits = rows[rows["metric"].isin(["slope", "slope_lo", "slope_hi", "theory_slope"])]
-    panels = sorted({(f, s) for f, s in zip(points["fit"], points["solver"])})
+    panels = sorted({(f, s) for f, s in zip(points["fit"], points["solver"], strict=False)})
     fig, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 4.2), squeeze=False)
-    for ax, (fit, solver) in zip(axes[0], panels):
+    for ax, (fit, solver) in zip(axes[0], panels, strict=False):
         panel = points[(points["fit"] == fit) & (points["solver"] == solver)]
         for label, group in series(panel):
             method = group["method"].iloc[0]

@@ -36,7 +36,7 @@ def _groups(frame: pd.DataFrame, x: str) -> list[tuple[str, pd.DataFrame]]:
     groups = []
     for values, group in frame.groupby([frame[c].astype(str) for c in varying], sort=True):
         values = values if isinstance(values, tuple) else (values,)
-        groups.append(("_".join(f"{c}{v}" for c, v in zip(varying, values)), group))
+        groups.append(("_".join(f"{c}{v}" for c, v in zip(varying, values, strict=False)), group))
     return groups
 
 
@@ -47,7 +47,7 @@ def _styles(frame: pd.DataFrame) -> tuple[dict[str, tuple[object, str]], dict[tu
     by_method = {m: (colors[i % len(colors)], MARKERS[i % len(MARKERS)]) for i, m in enumerate(methods)}
     measured = frame["measured_by"] if "measured_by" in frame else pd.Series("", index=frame.index)
     devices = frame["device_name"] if "device_name" in frame else pd.Series("", index=frame.index)
-    kinds = sorted({(str(a), str(b)) for a, b in zip(measured, devices)})
+    kinds = sorted({(str(a), str(b)) for a, b in zip(measured, devices, strict=False)})
     solid = iter(["-", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1))] * 4)
     by_kind = {kind: ("--" if kind[0] == "estimate" else next(solid)) for kind in kinds}
     return by_method, by_kind

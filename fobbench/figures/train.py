@@ -54,7 +54,8 @@ def _wide(frame: pd.DataFrame) -> pd.DataFrame:
 def _line_keys(wide: pd.DataFrame) -> tuple[list[str], list[str]]:
     """(columns that separate lines, those of them shown in labels: method + what varies)."""
     keys = [c for c in (*TASK_COLUMNS, *LINE_KEYS, *CONFIG_COLUMNS) if c in wide.columns]
-    shown = [c for c in keys if c == "method" or (c not in TASK_COLUMNS and wide[c].astype(str).nunique() > 1)]
+    shown = [c for c in keys
+             if c == "method" or (c not in TASK_COLUMNS and wide[c].astype(str).nunique() > 1)]
     return keys, shown
 
 
@@ -97,14 +98,15 @@ def summarize(frame: pd.DataFrame, at: int = SUMMARY_ITERATION) -> pd.DataFrame:
     keys, shown = _line_keys(wide)
     rows = []
     for values, line in wide.groupby(keys, dropna=False, sort=True):
-        named = dict(zip(keys, values if isinstance(values, tuple) else (values,)))
+        named = dict(zip(keys, values if isinstance(values, tuple) else (values,), strict=False))
         curve = _curve(line)
         final = curve.iloc[curve["iteration"].idxmax()]
         nearest = curve.iloc[(curve["iteration"] - at).abs().argsort(kind="stable").iloc[0]]
         last = line[line["iteration"] == final["iteration"]]
 
         def mean(metric: str, last: pd.DataFrame = last) -> float:
-            return float(last[metric].mean()) if metric in last and last[metric].notna().any() else float("nan")
+            present = metric in last and last[metric].notna().any()
+            return float(last[metric].mean()) if present else float("nan")
 
         rows.append({
             "benchmark": named.get("benchmark", ""), "label": _label(named, shown),
@@ -133,7 +135,8 @@ def _accuracy_figure(group: pd.DataFrame, named: dict[str, object]) -> plt.Figur
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     overs = set()
     for values, line in group.groupby(keys, dropna=False, sort=True):
-        label = _label(dict(zip(keys, values if isinstance(values, tuple) else (values,))), shown)
+        label = _label(dict(zip(keys, values if isinstance(values, tuple) else (values,), strict=False)),
+                       shown)
         curve = _curve(line).sort_values("iteration")
         overs.update(curve["over"])
         drawn, = ax.plot(curve["iteration"], curve["mean"], marker="o", markersize=3, label=label)
@@ -159,7 +162,7 @@ def _speed_figure(table: pd.DataFrame, named: dict[str, object]) -> plt.Figure |
     y = np.arange(len(table))
     ax.barh(y + 0.2, table["sec_per_iter"] * 1e3, height=0.4, label="time per meta-iteration")
     ax.barh(y - 0.2, table["floor_sec"] * 1e3, height=0.4, label="floor: plain fwd+bwd passes")
-    for i, (per_iter, ratio) in enumerate(zip(table["sec_per_iter"], table["floor_ratio"])):
+    for i, (per_iter, ratio) in enumerate(zip(table["sec_per_iter"], table["floor_ratio"], strict=False)):
         ax.text(per_iter * 1e3, i + 0.2, f" ×{ratio:.2f}", va="center", fontsize=8)
     ax.set_yticks(y, table["label"])
     ax.set_xlabel("milliseconds")
@@ -218,7 +221,7 @@ def draw(frame: pd.DataFrame, out_dir: Path, fmt: str = "png") -> list[Path]:
     task_keys = [c for c in TASK_COLUMNS if c in wide.columns]
     written: list[Path] = []
     for values, group in wide.groupby(task_keys, dropna=False, sort=True):
-        named = dict(zip(task_keys, values if isinstance(values, tuple) else (values,)))
+        named = dict(zip(task_keys, values if isinstance(values, tuple) else (values,), strict=False))
         stem = _stem(named)
         written.append(save(_accuracy_figure(group, named), out_dir, f"{stem}_accuracy", fmt))
         mask = np.ones(len(frame), dtype=bool)

@@ -155,7 +155,8 @@ class MNIST1DProblem:
         # Per split: a (classes, max members) table of example indices, padded with 0, and
         # the member count of each class.
         self._members: dict[str, tuple[Tensor, Tensor]] = {}
-        for split, (xs, ys) in {"train": (data["x"], data["y"]), "eval": (data["x_test"], data["y_test"])}.items():
+        arrays = {"train": (data["x"], data["y"]), "eval": (data["x_test"], data["y_test"])}
+        for split, (xs, ys) in arrays.items():
             self._x[split] = torch.as_tensor(xs, dtype=torch.float32).unsqueeze(1)  # (n, 1, 40)
             labels = torch.as_tensor(ys, dtype=torch.long)
             by_class = [torch.nonzero(labels == c).flatten() for c in range(self.classes)]

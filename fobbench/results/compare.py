@@ -224,7 +224,7 @@ def _point_labels(frame: pd.DataFrame, columns: Sequence[str]) -> list[str]:
     present = [c for c in columns if c in frame.columns]
     labels = []
     for row in frame[present].itertuples(index=False, name=None) if present else [()] * len(frame):
-        parts = [f"{c}={_format_number(v)}" for c, v in zip(present, row) if not _is_missing(v)]
+        parts = [f"{c}={_format_number(v)}" for c, v in zip(present, row, strict=False) if not _is_missing(v)]
         labels.append(" ".join(parts))
     return labels
 
@@ -274,7 +274,7 @@ def _prepare(frame: pd.DataFrame, columns: Sequence[str], shown: dict[str, list[
             "value": pd.to_numeric(frame["value"], errors="coerce").astype(float),
         }
     )
-    out["kind"] = [kind_of(m, b) for m, b in zip(out["metric"], out["measured_by"])]
+    out["kind"] = [kind_of(m, b) for m, b in zip(out["metric"], out["measured_by"], strict=False)]
     # Deterministic values are compared seed by seed; noisy ones pool every seed as samples.
     out["seed_key"] = np.where(out["kind"] == DETERMINISTIC, out["seed"], "")
     return out
@@ -367,7 +367,8 @@ def _judge(metric: str, base: _Group, new: _Group, factor: float, rtol: float, a
         vb, vn = float(np.median(b)), float(np.median(n))
         if vb == vn or abs(vn - vb) <= atol + rtol * max(abs(vb), abs(vn)):
             return SAME, f"deterministic, within rtol {rtol:g} / atol {atol:g}"
-        return _by_direction(direction, vn > vb), f"deterministic, differs beyond rtol {rtol:g} / atol {atol:g}"
+        return _by_direction(direction,
+                             vn > vb), f"deterministic, differs beyond rtol {rtol:g} / atol {atol:g}"
     if len(b) < 2 or len(n) < 2:
         return SAME, f"insufficient samples ({len(b)} vs {len(n)}): treated as same"
     if base.device_names != new.device_names:
@@ -441,7 +442,7 @@ def run(
     rows: list[dict[str, object]] = []
 
     def emit(key: tuple, b: _Group | None, n: _Group | None, verdict: str, note: str) -> None:
-        named = dict(zip(KEY, key))
+        named = dict(zip(KEY, key, strict=False))
         point = (b or n).label if (b or n) else named["point"]
         if named["seed_key"]:
             point = f"{point} seed={named['seed_key']}".strip()

@@ -32,15 +32,20 @@ from fobbench.results.schema import (
 DEFAULT_ROOT = Path("results")
 
 
+def run_stamp() -> str:
+    """``<UTC timestamp>-<short commit>`` (``nogit`` outside a repository): names default outputs."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return f"{stamp}-{git_state()[0][:7] or 'nogit'}"
+
+
 def default_path(benchmark: str, root: Path = DEFAULT_ROOT) -> Path:
     """``results/<benchmark>/<UTC timestamp>-<short commit>.csv``, never an existing file."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    commit = git_state()[0][:7] or "nogit"
+    name = run_stamp()
     folder = root / benchmark.split(".")[0]
-    path = folder / f"{stamp}-{commit}.csv"
+    path = folder / f"{name}.csv"
     suffix = 1
     while path.exists():
-        path = folder / f"{stamp}-{commit}-{suffix}.csv"
+        path = folder / f"{name}-{suffix}.csv"
         suffix += 1
     return path
 
@@ -118,7 +123,7 @@ class ResultWriter:
         if not frame.empty and set(frame["benchmark"]) != {self.benchmark}:
             raise FobbenchError(f"--resume: {self.path} holds another benchmark")
         self._done = {
-            (str(h), str(s)) for h, s in zip(frame["config_hash"], frame["seed"].astype(str))
+            (str(h), str(s)) for h, s in zip(frame["config_hash"], frame["seed"].astype(str), strict=False)
         }
         return str(frame["run_id"].iloc[0]) if not frame.empty else uuid.uuid4().hex[:12]
 
