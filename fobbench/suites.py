@@ -243,56 +243,62 @@ def load(path: Path | str) -> Suite:
         raise suite.error("a suite needs at least one [[run]] table", None, ("run",))
     seen: set[str] = set()
     for index, table in enumerate(runs):
-        if not isinstance(table, dict):
-            raise suite.error("each run must be a [[run]] table", None, ("run",))
-        for key in table:
-            if key not in RUN_KEYS:
-                raise suite.error(f"unknown key (known: {', '.join(RUN_KEYS)})", index, (key,))
-        name = table.get("name")
-        if not isinstance(name, str) or not _NAME.match(name):
-            raise suite.error("needs name = \"...\" (letters, digits, '.', '_', '-')", index,
-                              ("name",) if "name" in table else ())
-        if name in seen:
-            raise suite.error(f"duplicate run name '{name}'", index, ("name",))
-        seen.add(name)
-        command = table.get("command")
-        if not isinstance(command, str) or not command.split():
-            raise suite.error("needs command = \"...\" (e.g. \"gradcheck\", \"train mnist1d\")", index,
-                              ("command",) if "command" in table else ())
-        options = table.get("options", {})
-        if not isinstance(options, dict):
-            raise suite.error("must be a table of option = value", index, ("options",))
-        for key, value in options.items():
-            if key in RESERVED_OPTIONS:
-                raise suite.error(f"--{key} is set by fobbench run for every point", index, ("options", key))
-            nested = isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value)
-            if isinstance(value, dict) or nested:
-                raise suite.error("option values are strings, numbers, booleans or flat lists",
-                                  index, ("options", key))
-        sweep = table.get("sweep")
-        option, values = None, ()
-        if sweep is not None:
-            if not isinstance(sweep, dict):
-                raise suite.error("must be a table with option and values", index, ("sweep",))
-            for key in sweep:
-                if key not in SWEEP_KEYS:
-                    raise suite.error(f"unknown key (known: {', '.join(SWEEP_KEYS)})", index, ("sweep", key))
-            option = sweep.get("option")
-            if not isinstance(option, str) or not option:
-                raise suite.error("needs option = \"<name of the swept option>\"", index, ("sweep",))
-            if option in RESERVED_OPTIONS:
-                raise suite.error(f"--{option} cannot be swept", index, ("sweep", "option"))
-            if option in options:
-                raise suite.error(f"'{option}' is both an option and the swept option", index,
-                                  ("options", option))
-            values = _sweep_values(suite, index, sweep.get("values"))
-        suite.runs.append(
-            RunSpec(
-                index=index, name=name, command=tuple(command.split()), options=dict(options),
-                sweep_option=option, sweep_values=values, description=str(table.get("description", "")),
-            )
-        )
+        spec = _run_spec(suite, index, table)
+        if spec.name in seen:
+            raise suite.error(f"duplicate run name '{spec.name}'", index, ("name",))
+        seen.add(spec.name)
+        suite.runs.append(spec)
     return suite
+
+
+def _run_spec(suite: Suite, index: int, table: Any) -> RunSpec:
+    """One ``[[run]]`` table checked: known keys, a name, a command, flat options, a sweep."""
+    if not isinstance(table, dict):
+        raise suite.error("each run must be a [[run]] table", None, ("run",))
+    for key in table:
+        if key not in RUN_KEYS:
+            raise suite.error(f"unknown key (known: {', '.join(RUN_KEYS)})", index, (key,))
+    name = table.get("name")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise suite.error("needs name = \"...\" (letters, digits, '.', '_', '-')", index,
+                          ("name",) if "name" in table else ())
+    command = table.get("command")
+    if not isinstance(command, str) or not command.split():
+        raise suite.error("needs command = \"...\" (e.g. \"gradcheck\", \"train mnist1d\")", index,
+                          ("command",) if "command" in table else ())
+    options = table.get("options", {})
+    if not isinstance(options, dict):
+        raise suite.error("must be a table of option = value", index, ("options",))
+    for key, value in options.items():
+        if key in RESERVED_OPTIONS:
+            raise suite.error(f"--{key} is set by fobbench run for every point", index, ("options", key))
+        nested = isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value)
+        if isinstance(value, dict) or nested:
+            raise suite.error("option values are strings, numbers, booleans or flat lists",
+                              index, ("options", key))
+    option, values = _sweep(suite, index, table.get("sweep"), options)
+    return RunSpec(index=index, name=name, command=tuple(command.split()), options=dict(options),
+                   sweep_option=option, sweep_values=values, description=str(table.get("description", "")))
+
+
+def _sweep(suite: Suite, index: int, sweep: Any, options: Mapping[str, Any]
+           ) -> tuple[str | None, tuple[Any, ...]]:
+    """(swept option, its values) of a run's ``[run.sweep]`` table; (None, ()) without one."""
+    if sweep is None:
+        return None, ()
+    if not isinstance(sweep, dict):
+        raise suite.error("must be a table with option and values", index, ("sweep",))
+    for key in sweep:
+        if key not in SWEEP_KEYS:
+            raise suite.error(f"unknown key (known: {', '.join(SWEEP_KEYS)})", index, ("sweep", key))
+    option = sweep.get("option")
+    if not isinstance(option, str) or not option:
+        raise suite.error("needs option = \"<name of the swept option>\"", index, ("sweep",))
+    if option in RESERVED_OPTIONS:
+        raise suite.error(f"--{option} cannot be swept", index, ("sweep", "option"))
+    if option in options:
+        raise suite.error(f"'{option}' is both an option and the swept option", index, ("options", option))
+    return option, _sweep_values(suite, index, sweep.get("values"))
 
 
 def _label_value(value: Any) -> str:

@@ -118,48 +118,61 @@ def run(
             f"{existing[0]} already exists: pass --resume to continue the suite in {root_dir}, "
             "or choose another --out"
         )
-    records = []
     started = time.perf_counter()
     with progress(quiet) as bar:
         task = bar.add_task(f"suite {suite_file.stem}", total=len(selected))
+        records = []
         for number, point in enumerate(selected, start=1):
-            output = outputs[point.index]
-            output.parent.mkdir(parents=True, exist_ok=True)
-            resumed = resume and output.exists()
-            args = suites.argv(suite, root, point, output, resume=resumed)
-            values = suites.values(suite, root, point, output, resume=resumed)
-            words, _ = suites.command_words(suite, root, point)
             bar.update(task, description=f"{point.run} {point.label}")
-            begin = time.perf_counter()
-            stderr = io.StringIO()
-            with contextlib.redirect_stderr(stderr):
-                code, message = execute_point(words, values, verbose)
-            captured = stderr.getvalue()
-            seconds = time.perf_counter() - begin
-            log = output.parent / f"{point.label}.log"
-            log.write_text(
-                f"$ fobbench {shlex.join(args)}\n{captured}{message}\nexit {code} after {seconds:.1f} s\n"
-            )
-            status = "ok" if code == 0 else f"failed ({code}): {message.splitlines()[0] if message else ''}"
-            records.append((point, status, seconds, output))
+            records.append(_run_point(suite, root, point, outputs[point.index], resume, verbose))
             if not quiet:
+                _, status, seconds, _ = records[-1]
                 console.print(
                     f"[{number}/{len(selected)}] {point.run} {point.label}: {status} in {seconds:.1f} s",
                     soft_wrap=True, markup=False, highlight=False,
                 )
             bar.advance(task)
-    total = time.perf_counter() - started
-    table = Table(title=f"fobbench run {suite_file}{shard_text}", title_justify="left")
+    table_console().print(_summary(records, f"fobbench run {suite_file}{shard_text}"))
+    failed = sum(1 for _, status, _, _ in records if status != "ok")
+    out.print(
+        f"{len(records)} points, {len(records) - failed} ok, {failed} failed in "
+        f"{time.perf_counter() - started:.1f} s; results in {root_dir}", soft_wrap=True,
+    )
+    raise typer.Exit(1 if failed else 0)
+
+
+PointRecord = tuple[suites.Point, str, float, Path]
+"""(point, status, seconds, output) of one point run by a suite."""
+
+
+def _run_point(suite: suites.Suite, root: Any, point: suites.Point, output: Path, resume: bool,
+               verbose: bool) -> PointRecord:
+    """Run one point into ``output`` (resumed if it exists and ``resume``); its messages go to
+    ``<label>.log`` beside it, headed by the equivalent command line."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    resumed = resume and output.exists()
+    args = suites.argv(suite, root, point, output, resume=resumed)
+    values = suites.values(suite, root, point, output, resume=resumed)
+    words, _ = suites.command_words(suite, root, point)
+    begin = time.perf_counter()
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        code, message = execute_point(words, values, verbose)
+    seconds = time.perf_counter() - begin
+    (output.parent / f"{point.label}.log").write_text(
+        f"$ fobbench {shlex.join(args)}\n{stderr.getvalue()}{message}\nexit {code} after {seconds:.1f} s\n"
+    )
+    status = "ok" if code == 0 else f"failed ({code}): {message.splitlines()[0] if message else ''}"
+    return point, status, seconds, output
+
+
+def _summary(records: Sequence[PointRecord], title: str) -> Table:
+    """One row per point: index, run, label, status (failures in red), seconds, results path."""
+    table = Table(title=title, title_justify="left")
     for name in ("#", "run", "point", "status", "seconds", "results"):
         table.add_column(name, overflow="fold", justify="right" if name in ("#", "seconds") else "left")
     for point, status, seconds, output in records:
         style = "" if status == "ok" else "bold red"
         shown = f"[{style}]{escape(status)}[/]" if style else escape(status)
         table.add_row(str(point.index), point.run, point.label, shown, f"{seconds:.1f}", escape(str(output)))
-    table_console().print(table)
-    failed = sum(1 for _, status, _, _ in records if status != "ok")
-    out.print(
-        f"{len(records)} points, {len(records) - failed} ok, {failed} failed in {total:.1f} s; "
-        f"results in {root_dir}", soft_wrap=True,
-    )
-    raise typer.Exit(1 if failed else 0)
+    return table

@@ -137,9 +137,15 @@ class Estimator:
         return "nu" in self.hyperparameters
 
     @property
+    def is_exact(self) -> bool:
+        """True for ground-truth methods (order ``exact``): they solve the inner problem to
+        machine precision, so the inner steps K do not apply, and need a dense Hessian."""
+        return self.order == "exact"
+
+    @property
     def trainable(self) -> bool:
-        """False for ``exact``-order methods, which need a dense Hessian (no network training)."""
-        return self.order != "exact"
+        """False for exact methods, which need a dense Hessian (no network training)."""
+        return not self.is_exact
 
     def accumulate(self, theta: Params, loss: LossFn, support: Data, query: Data,
                    config: EstimatorConfig, noise: Params | None, total: Params) -> None:

@@ -222,7 +222,7 @@ class Context:
 
     def error(self, method: str, config: EstimatorConfig) -> tuple[float, float]:
         """(‖g − ∇F‖/‖∇F‖, seconds) at θ₀, memoised on the estimator settings."""
-        if REGISTRY[method].order == "exact":
+        if get(method).is_exact:
             # The exact estimator solves the inner problem to machine precision: K is unused.
             config = replace(config, inner=replace(config.inner, steps=1))
         key = (method, config)
@@ -634,8 +634,15 @@ def error_table(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _order(label: str) -> str:
+    """The registry order of a table label's method (``""`` for an unknown name)."""
     name = label.split(" ")[0]
     return REGISTRY[name].order if name in REGISTRY else ""
+
+
+def _is_exact(label: str) -> bool:
+    """True when a table label's method is a ground-truth (exact) one."""
+    name = label.split(" ")[0]
+    return name in REGISTRY and REGISTRY[name].is_exact
 
 
 def headline(table: pd.DataFrame) -> str:
@@ -648,7 +655,7 @@ def headline(table: pd.DataFrame) -> str:
         return "no error-vs-K rows"
     ks = list(table.columns)
     last = ks[-1]
-    candidates = table.drop(index=[i for i in table.index if _order(i) == "exact"])[last].dropna()
+    candidates = table.drop(index=[i for i in table.index if _is_exact(i)])[last].dropna()
     if candidates.empty:
         return f"K={last}: only the exact meta-gradient was run"
     best = candidates.idxmin()
@@ -660,7 +667,7 @@ def headline(table: pd.DataFrame) -> str:
         previous = ks[-2]
         ratio = (table[last] / table[previous]).dropna()
         stalled = [f"{label} {table.loc[label, last]:.1e}" for label in ratio.index
-                   if _order(label) != "exact" and ratio[label] > 0.7]
+                   if not _is_exact(label) and ratio[label] > 0.7]
         if stalled:
             parts.append(f"no longer shrinking from K={previous} to K={last}: " + ", ".join(stalled))
     return "; ".join(parts)
