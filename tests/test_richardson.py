@@ -11,6 +11,7 @@ from scipy import stats
 
 from fobbench.estimators import EstimatorConfig, get, meta_gradient
 from fobbench.experiments import gradcheck as experiment
+from fobbench.experiments.gradcheck import rates as rate_fits
 from fobbench.inner import InnerConfig
 from fobbench.problems.quadratic import PARAM, make_quadratic, quadratic_loss
 from fobbench.results import read_results
@@ -79,7 +80,7 @@ def test_gradcheck_rate_fit_shows_slope_four() -> None:
     config = experiment.GradcheckConfig(experiments=("rates",), methods=(METHOD,), dim=8, tasks=3,
                                         nu_ks=(5, 10, 20), nu_grid=(1e-2, 1e-1, 0.3),
                                         rate_deltas=(1e-10, 1e-8, 1e-6))
-    rows = [r for r in experiment._rates(experiment.Context(config, 0), lambda m, p: False)
+    rows = [r for r in rate_fits.records(experiment.Context(config, 0), lambda m, p: False)
             if r.point.get("fit") == "nu" and r.point.get("x") is None]
     slope = {m.metric: m.value for m in rows[0].measurements}
     assert slope["theory_slope"] == 4.0

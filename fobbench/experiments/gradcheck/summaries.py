@@ -1,0 +1,81 @@
+"""Tables and the headline computed from gradcheck's rows."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from fobbench.estimators import REGISTRY, rank_of
+
+
+def method_label(method: str, cg_steps: object) -> str:
+    """``imaml (cg 5)`` for a method run at a knob value, the plain name otherwise."""
+    if cg_steps is None or (isinstance(cg_steps, float) and math.isnan(cg_steps)):
+        return method
+    return f"{method} (cg {int(cg_steps)})"
+
+
+def error_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Mean normalized error by estimator (rows, registry order) and K (columns)."""
+    rows = frame[(frame["benchmark"] == "gradcheck.error_vs_k") & (frame["metric"] == "rel_error")].copy()
+    if rows.empty:
+        return pd.DataFrame()
+    rows["estimator"] = [method_label(m, c) for m, c in zip(rows["method"], rows["cg_steps"], strict=False)]
+    table = rows.pivot_table(index="estimator", columns="inner_steps", values="value", aggfunc="mean")
+    table = table.loc[sorted(table.index, key=lambda label: (rank_of(label.split(" ")[0]), label))]
+    table.columns = [int(k) for k in table.columns]
+    return table
+
+
+def _order(label: str) -> str:
+    """The registry order of a table label's method (``""`` for an unknown name)."""
+    name = label.split(" ")[0]
+    return REGISTRY[name].order if name in REGISTRY else ""
+
+
+def _is_exact(label: str) -> bool:
+    """True when a table label's method is a ground-truth (exact) one."""
+    name = label.split(" ")[0]
+    return name in REGISTRY and REGISTRY[name].is_exact
+
+
+def headline(table: pd.DataFrame) -> str:
+    """One sentence computed from an :func:`error_table`: who is best at the largest K, who stalls.
+
+    A method "stalls" when its error at the largest K is more than 0.7× its error at the
+    previous K (it has stopped shrinking with K).
+    """
+    if table.empty:
+        return "no error-vs-K rows"
+    ks = list(table.columns)
+    last = ks[-1]
+    candidates = table.drop(index=[i for i in table.index if _is_exact(i)])[last].dropna()
+    if candidates.empty:
+        return f"K={last}: only the exact meta-gradient was run"
+    best = candidates.idxmin()
+    parts = [f"at K={last} the most accurate estimator is {best} ({candidates[best]:.1e})"]
+    first_order = candidates[[i for i in candidates.index if _order(i) == "first"]]
+    if not first_order.empty and first_order.idxmin() != best:
+        parts[0] += f", the best first-order one {first_order.idxmin()} ({first_order.min():.1e})"
+    if len(ks) > 1:
+        previous = ks[-2]
+        ratio = (table[last] / table[previous]).dropna()
+        stalled = [f"{label} {table.loc[label, last]:.1e}" for label in ratio.index
+                   if not _is_exact(label) and ratio[label] > 0.7]
+        if stalled:
+            parts.append(f"no longer shrinking from K={previous} to K={last}: " + ", ".join(stalled))
+    return "; ".join(parts)
+
+
+def rates_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Fitted slopes with 95% CIs and the theory slope, one row per (fit, solver, method)."""
+    rows = frame[frame["benchmark"] == "gradcheck.rates"]
+    if rows.empty:
+        return pd.DataFrame()
+    fits = rows[rows["metric"].isin(["slope", "slope_lo", "slope_hi", "theory_slope"])]
+    keys = ["fit", "solver", "method"]
+    table = fits.pivot_table(index=keys, columns="metric", values="value", aggfunc="mean").reset_index()
+    ranges = rows.dropna(subset=["fit_range"]).groupby(keys)["fit_range"].first()
+    table["range"] = [ranges.get(tuple(r[k] for k in keys), "") for _, r in table.iterrows()]
+    return table
