@@ -36,8 +36,8 @@ from fobbench.experiments.gradcheck.config import (
     Context,
     Done,
     GradcheckConfig,
-    _log_grid,
     parse_experiments,
+    rate_grid,
 )
 from fobbench.experiments.gradcheck.rates import heavy_ball, sum_stencil
 from fobbench.experiments.gradcheck.summaries import error_table, headline, method_label, rates_table
@@ -81,7 +81,7 @@ REGISTRY_EXPERIMENTS: dict[str, Experiment] = {
     "rates": Experiment("rates", ("fit", "solver", "inner_steps", "lam", "x"),
                         ("inner_lr", "momentum", "fit_points", "fit_range"), rates.count, rates.records,
                         lambda c: {"nu_grid": c.nu_grid, "nu_ks": c.nu_ks,
-                                   "rate_nus": c.rate_nus or _log_grid(*RATE_NUS, RATE_POINTS),
+                                   "rate_nus": c.rate_nus or rate_grid(*RATE_NUS),
                                    "rate_deltas": c.rate_deltas}),
 }
 

@@ -18,6 +18,7 @@ from fobbench.inner import InnerConfig
 from fobbench.meta_optim import OUTER
 from fobbench.params import Params
 from fobbench.problems.quadratic import PARAM, QuadraticTasks, make_quadratic, quadratic_loss
+from fobbench.ranges import parse_range
 from fobbench.results import Measurement
 
 EXPERIMENTS = ("error_vs_k", "outer_loss", "error_vs_nu", "lambda", "rates")
@@ -45,6 +46,12 @@ def parse_experiments(text: str) -> tuple[str, ...]:
                 f"--experiments: unknown experiment '{name}' (choose from all, {', '.join(EXPERIMENTS)})"
             )
     return tuple(dict.fromkeys(names))
+
+
+def rate_grid(low: float, high: float) -> tuple[float, ...]:
+    """:data:`RATE_POINTS` log-spaced ν values from ``low`` to ``high``, exactly as the option
+    syntax ``low..high@9`` gives them (so a default fit equals one asked for on the command line)."""
+    return tuple(parse_range(f"{low!r}..{high!r}@{RATE_POINTS}", "--rate-nu", float))
 
 
 def _log_grid(lo: float, hi: float, count: int) -> tuple[float, ...]:
@@ -153,7 +160,7 @@ class GradcheckConfig:
         if self.rate_nus is not None:
             return self.rate_nus
         low, high = get(method).fit_nus or RATE_NUS
-        return _log_grid(low, high, RATE_POINTS)
+        return rate_grid(low, high)
 
     def estimator_config(self, steps: int, lr: float, lam: float, nu: float | None = None,
                          cg_steps: int | None = None, optimizer: str = "gd",
