@@ -93,3 +93,14 @@ def test_a_registered_method_is_in_memorys_default_set(dummy: str, cli, tmp_path
                           "--out", str(out))
     assert code == 0, stderr
     assert set(read_results(out)["method"]) == set(names(trainable=True))
+
+
+def test_figure_lines_follow_the_registry_order() -> None:
+    import pandas as pd
+
+    from fobbench.figures.common import series
+
+    frame = pd.DataFrame({"method": ["fobmaml-sym", "maml", "zzz-unknown", "fobmaml-richardson", "fomaml"],
+                          "value": [1.0, 2.0, 3.0, 4.0, 5.0]})
+    assert [label for label, _ in series(frame)] == ["maml", "fomaml", "fobmaml-sym", "fobmaml-richardson",
+                                                     "zzz-unknown"]

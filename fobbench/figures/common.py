@@ -67,8 +67,15 @@ def series(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
         values = values if isinstance(values, tuple) else (values,)
         named = dict(zip(keys, values, strict=False))
         label = " · ".join(str(named[k]) for k in varying) or "all"
-        out.append((label, group))
-    return out
+        out.append((label, group, named.get("method", "")))
+    return [(label, group) for label, group, _ in sorted(out, key=lambda item: method_rank(str(item[2])))]
+
+
+def method_rank(method: str) -> tuple[float, str]:
+    """Sort key putting methods in the registry's display order (unknown names last)."""
+    from fobbench.estimators import rank_of  # the registry; imported only when figures are drawn
+
+    return rank_of(method)
 
 
 def save(fig: plt.Figure, out_dir: Path, name: str, fmt: str = "png") -> Path:

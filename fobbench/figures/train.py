@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from fobbench.figures.common import SERIES_KEYS, save
+from fobbench.figures.common import SERIES_KEYS, method_rank, save
 from fobbench.stats import t_half_width
 
 LINE_KEYS = tuple(k for k in SERIES_KEYS if k != "measured_by")
@@ -117,6 +117,7 @@ def summarize(frame: pd.DataFrame, at: int = SUMMARY_ITERATION) -> pd.DataFrame:
             "sec_per_iter": mean("sec_per_iter"), "floor_sec": mean("floor_sec"),
             "floor_ratio": mean("floor_ratio"), "wall_time": mean("wall_time"),
         })
+    rows.sort(key=lambda row: method_rank(str(row["method"])))  # stable: other keys keep their order
     return pd.DataFrame(rows)
 
 
