@@ -166,7 +166,7 @@ def memory(
                           device="meta" if backend == "estimate" else backend, resume=resume is not None)
     hashed = settings.hashed()
     rows: list[experiment.Row] = []
-    with progress(quiet) as bar:
+    with writer, progress(quiet) as bar:
         task = bar.add_task(settings.benchmark, total=len(points) * len(names))
         stream = experiment.run(settings, points, names, sweep,
                                 skip=lambda method, point: writer.is_done(method, point, hashed, seed))

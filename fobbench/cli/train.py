@@ -128,7 +128,7 @@ def _train(problem_factory, benchmark: str, config: experiment.TrainConfig, thre
     writer = ResultWriter(path, benchmark, experiment.POINT_COLUMNS, device=config.device,
                           resume=resume is not None)
     total = len(config.methods) * len(config.seeds) * config.iterations
-    with progress(quiet) as bar:
+    with writer, progress(quiet) as bar:
         task = bar.add_task(f"{benchmark} {','.join(config.methods)}", total=total)
         folder = experiment.run(problem, config, writer, resume=resume is not None,
                                 advance=lambda n: bar.advance(task, n))

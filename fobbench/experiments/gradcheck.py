@@ -586,6 +586,8 @@ def run(config: GradcheckConfig, out_dir: Path, resume: bool = False,
         The CSV file of each sub-experiment and the config hashes of the points visited.
     """
     out_dir = Path(out_dir)
+    if resume and out_dir.is_file():
+        raise FobbenchError(f"--resume takes the run's folder, not one of its CSV files: --resume {out_dir.parent}")
     if resume and not out_dir.is_dir():
         raise FobbenchError(f"--resume: {out_dir} is not a gradcheck results folder")
     if out_dir.exists() and not out_dir.is_dir():
@@ -593,11 +595,23 @@ def run(config: GradcheckConfig, out_dir: Path, resume: bool = False,
                             "sub-experiment into a folder)")
     writers: dict[str, ResultWriter] = {}
     hashes: set[str] = set()
-    for name in config.experiments:
-        experiment = REGISTRY_EXPERIMENTS[name]
-        path = out_dir / f"{name}.csv"
-        writers[name] = ResultWriter(path, experiment.benchmark, experiment.point_columns,
-                                     experiment.info_columns, resume=resume and path.exists())
+    try:
+        for name in config.experiments:
+            experiment = REGISTRY_EXPERIMENTS[name]
+            path = out_dir / f"{name}.csv"
+            writers[name] = ResultWriter(path, experiment.benchmark, experiment.point_columns,
+                                         experiment.info_columns, resume=resume and path.exists(),
+                                         resume_target=out_dir)
+        _write_all(config, writers, hashes, advance)
+    finally:
+        for writer in writers.values():
+            writer.close()
+    return RunFiles({name: writer.path for name, writer in writers.items()}, frozenset(hashes))
+
+
+def _write_all(config: GradcheckConfig, writers: dict[str, ResultWriter], hashes: set[str],
+               advance: Callable[[str], None] | None) -> None:
+    """Visit every seed × sub-experiment point, writing unfinished ones (body of :func:`run`)."""
     for seed in config.seeds:
         ctx = Context(config, seed)
         for name in config.experiments:
@@ -614,7 +628,6 @@ def run(config: GradcheckConfig, out_dir: Path, resume: bool = False,
                     writer.write_point(row.method, row.point, settings, seed, row.measurements, row.info)
                 if advance is not None:
                     advance(name)
-    return RunFiles({name: writer.path for name, writer in writers.items()}, frozenset(hashes))
 
 
 # --- summaries ------------------------------------------------------------------------------
