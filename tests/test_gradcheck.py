@@ -116,9 +116,9 @@ SMALL = ["--dim", "4", "--tasks", "3", "--quiet"]
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--nu", "0"], "nu must be a non-zero"),
-        (["--lam", "0"], "lambda must be > 0"),
-        (["--lam", "-1"], "lambda must be > 0"),
+        (["--nu", "0"], "--nu (ν) must be a non-zero"),
+        (["--lam", "0"], "--lam (λ) must be > 0"),
+        (["--lam", "-1"], "--lam (λ) must be > 0"),
         (["--lam-grid", "0..1@3"], "--lam-grid"),
         (["--k", "0"], "--k"),
         (["--k", "5..1"], "descending"),
@@ -127,7 +127,7 @@ SMALL = ["--dim", "4", "--tasks", "3", "--quiet"]
         (["--nu-grid", "abc"], "--nu-grid"),
         (["--experiments", "error_vs_k,bogus"], "unknown experiment 'bogus'"),
         (["--outer", "rmsprop"], "--outer"),
-        (["--lr", "-0.1"], "step size must be > 0"),
+        (["--lr", "-0.1"], "gradcheck: --lr) must be > 0"),
         (["--es-samples", "0"], "es-samples"),
         (["--seed", "-1"], "--seed"),
         (["--experiments", "rates", "--methods", "maml"], "need fobmaml"),

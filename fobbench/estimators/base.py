@@ -33,13 +33,13 @@ class EstimatorConfig:
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.nu) or self.nu == 0:
-            raise FobbenchError(f"nu must be a non-zero finite number (got {self.nu})")
+            raise FobbenchError(f"--nu (ν) must be a non-zero finite number (got {self.nu})")
         if not isinstance(self.cg_steps, int) or self.cg_steps < 1:
-            raise FobbenchError(f"cg-steps must be an integer >= 1 (got {self.cg_steps})")
+            raise FobbenchError(f"--cg-steps must be an integer >= 1 (got {self.cg_steps})")
         if not isinstance(self.es_samples, int) or self.es_samples < 1:
-            raise FobbenchError(f"es-samples must be an integer >= 1 (got {self.es_samples})")
+            raise FobbenchError(f"--es-samples must be an integer >= 1 (got {self.es_samples})")
         if not (self.es_sigma > 0 and math.isfinite(self.es_sigma)):
-            raise FobbenchError(f"es-sigma must be > 0 (got {self.es_sigma})")
+            raise FobbenchError(f"--es-sigma must be > 0 (got {self.es_sigma})")
 
 
 PerTaskFn = Callable[[Params, LossFn, Data, Data, EstimatorConfig, "Params | None"], Params]
@@ -131,11 +131,18 @@ def get(name: str) -> Estimator:
 
 def parse_methods(text: str, option: str = "--methods", allow_exact: bool = True) -> list[str]:
     """Split a comma-separated method list and check every name against the registry."""
-    names = [part.strip() for part in text.split(",") if part.strip()]
-    if not names:
+    if not text.strip():
         raise FobbenchError(f"{option}: no method given")
+    names = [part.strip() for part in text.split(",")]
+    if not all(names):
+        raise FobbenchError(f"{option}: '{text}' has an empty item (a stray comma?)")
     for name in names:
-        if name not in REGISTRY or (name == "exact" and not allow_exact):
+        if name == "exact" and not allow_exact and name in REGISTRY:
+            raise FobbenchError(
+                f"{option}: exact is gradcheck-only (the closed-form meta-gradient of the quadratic "
+                "tasks); choose an estimator"
+            )
+        if name not in REGISTRY:
             choices = [n for n in REGISTRY if allow_exact or n != "exact"]
             raise FobbenchError(f"{option}: unknown method '{name}' (choose from {', '.join(choices)})")
     return names
