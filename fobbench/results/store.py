@@ -26,6 +26,7 @@ import pandas as pd
 
 from fobbench.errors import FobbenchError
 from fobbench.measure.environment import environment, git_state
+from fobbench.paths import check_writable_file, describe_os_error
 from fobbench.results.lock import WriterLock
 from fobbench.results.schema import (
     SCHEMA,
@@ -172,8 +173,12 @@ class ResultWriter:
                 f"{self.path} already exists: pass --resume {self.resume_target} to continue it, "
                 "or choose another --out"
             )
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = WriterLock(self.path)
+        check_writable_file(self.path, "--resume" if resume else "--out")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock = WriterLock(self.path)
+        except OSError as error:
+            raise FobbenchError(f"cannot write {self.path}: {describe_os_error(error)}") from None
         try:
             if resume:
                 self.run_id = self._reopen(report)
