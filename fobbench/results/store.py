@@ -29,6 +29,8 @@ from fobbench.measure.environment import environment, git_state
 from fobbench.paths import check_writable_file, describe_os_error
 from fobbench.results.lock import WriterLock
 from fobbench.results.schema import (
+    LEGACY_REPORT_HEAD,
+    REPORT_PREFIX,
     SCHEMA,
     SUPPORTED_MAJOR,
     Measurement,
@@ -56,6 +58,11 @@ def default_path(benchmark: str, root: Path = DEFAULT_ROOT) -> Path:
 def warn(message: str) -> None:
     """Default reporter of readers and writers: one ``fobbench: warning:`` line on stderr."""
     sys.stderr.write(f"fobbench: warning: {message}\n")
+
+
+def note(message: str) -> None:
+    """Default reporter of files skipped on purpose: one ``fobbench: note:`` line on stderr."""
+    sys.stderr.write(f"fobbench: note: {message}\n")
 
 
 def _whole_row(line: bytes, width: int, value_index: int) -> list[str] | None:
@@ -342,19 +349,52 @@ def _check_file(path: Path, text: str) -> None:
             ) from None
 
 
+def is_report(path: Path) -> bool:
+    """True for a report fobbench writes itself (``compare --csv``), which is not a results file."""
+    try:
+        with path.open(newline="") as handle:
+            rows = csv.reader(handle)
+            header = next(rows, [])
+            first = next(rows, [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
+    if tuple(header[: len(LEGACY_REPORT_HEAD)]) == LEGACY_REPORT_HEAD:
+        return True
+    return bool(header) and header[0] == "schema" and bool(first) and first[0].startswith(REPORT_PREFIX)
+
+
+def results_files(root: Path, report: Callable[[str], None] | None = None,
+                  exclude: Callable[[Path], bool] | None = None) -> list[Path]:
+    """The results CSV files below a folder, sorted; compare reports among them are skipped
+    (with a note through ``report``, default stderr), as are files ``exclude`` rejects.
+
+    Raises FobbenchError when no results file is left.
+    """
+    files = sorted(p for p in root.rglob("*.csv") if p.is_file() and not (exclude and exclude(p)))
+    reports = [p for p in files if is_report(p)]
+    for path in reports:
+        (report or note)(f"skipped {path}: a fobbench compare report, not results")
+    files = [p for p in files if p not in reports]
+    if not files:
+        skipped = f" (skipped {len(reports)} compare report(s))" if reports else ""
+        raise FobbenchError(f"{root}: no results CSV files below this folder{skipped}")
+    return files
+
+
 def read_results(path: Path | str, report: Callable[[str], None] | None = None) -> pd.DataFrame:
     """Every results row in a CSV file, or in all CSV files below a folder, as one DataFrame.
 
     A torn last point (an interrupted write: see :func:`torn_tail`) is left out and reported
-    through ``report`` (default: one warning line on stderr). Raises FobbenchError for a
+    through ``report`` (default: one warning line on stderr); compare reports below a folder
+    are skipped (:func:`results_files`), and one given directly is refused. Raises FobbenchError for a
     missing path, a folder without CSV files, or a foreign/malformed/unsupported file.
     """
     root = Path(path)
     if root.is_dir():
-        files = sorted(p for p in root.rglob("*.csv") if p.is_file())
-        if not files:
-            raise FobbenchError(f"{root}: no results CSV files below this folder")
+        files = results_files(root, report)
     elif root.is_file():
+        if is_report(root):
+            raise FobbenchError(f"{root}: a fobbench compare report, not a results file")
         files = [root]
     else:
         raise FobbenchError(f"{root}: no such file or folder")
