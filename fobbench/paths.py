@@ -92,3 +92,22 @@ def check_writable_file(path: Path | str, option: str = "--out") -> Path:
     if target.exists() and not os.access(target, os.W_OK):
         raise FobbenchError(f"{option}: cannot write to {target}: permission denied")
     return target
+
+
+def figure_dir(results: Path | str) -> Path:
+    """Where the figures drawn from ``results`` go — one rule for every command.
+
+    Beside the results, named after them: ``X.csv`` -> ``X-figures/``, a results folder
+    ``R/`` (gradcheck's run folder, or what ``fobbench plot R`` reads) -> ``R-figures/``.
+    Figures never land inside a results folder, so reading that folder again never meets
+    them, and user figures never mix with other runs'.
+
+    Args:
+        results: a results CSV file or folder (need not exist).
+
+    Returns:
+        The absolute figure folder (not created here).
+    """
+    path = Path(results).expanduser().absolute()
+    name = path.stem if path.suffix == ".csv" else path.name
+    return path.parent / f"{name}-figures"

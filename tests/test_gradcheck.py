@@ -179,9 +179,11 @@ def test_full_run_writes_one_csv_per_experiment_and_their_figures(full_run) -> N
     for name in experiment.EXPERIMENTS:
         frame = read_results(out / f"{name}.csv")
         assert set(frame["benchmark"]) == {f"gradcheck.{name}"}
-    figures = sorted(p.name for p in out.glob("*.png"))
+    assert not list(out.glob("*.png"))  # figures never inside the results folder
+    figure_dir = out.parent / f"{out.name}-figures"
+    figures = sorted(p.name for p in figure_dir.glob("*.png"))
     assert figures == sorted(f"gradcheck_{name}.png" for name in experiment.EXPERIMENTS)
-    for figure in out.glob("*.png"):
+    for figure in figure_dir.glob("*.png"):
         assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

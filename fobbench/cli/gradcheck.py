@@ -15,7 +15,8 @@ from fobbench.cli.app import app
 from fobbench.errors import FobbenchError
 from fobbench.estimators import parse_methods
 from fobbench.experiments import gradcheck as experiment
-from fobbench.progress import console, out, progress
+from fobbench.paths import figure_dir
+from fobbench.progress import console, out, print_figures, progress
 from fobbench.ranges import parse_range, parse_seeds
 
 EXAMPLE = (
@@ -176,7 +177,8 @@ def gradcheck(
     if not no_plot:
         from fobbench.figures import gradcheck as figures_module
 
-        figures = figures_module.draw(files.frame(), Path(folder))
+        figures = figures_module.draw(files.frame(), figure_dir(folder))
     if not quiet:
-        console.print(f"results: {folder}/ ({', '.join(p.name for p in files.paths.values())})"
-                      + (f"; figures: {', '.join(p.name for p in figures)}" if figures else ""))
+        console.print(f"results: {Path(folder).absolute()}/ ({', '.join(p.name for p in files.paths.values())})",
+                      soft_wrap=True)
+        print_figures(figures)

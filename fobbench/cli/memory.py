@@ -16,7 +16,8 @@ from fobbench.errors import FobbenchError
 from fobbench.estimators import BATCHING, parse_methods
 from fobbench.experiments import memory as experiment
 from fobbench.figures.common import FORMATS
-from fobbench.progress import console, out, progress
+from fobbench.paths import figure_dir
+from fobbench.progress import console, out, print_figures, progress
 from fobbench.ranges import parse_range
 from fobbench.results import ResultWriter, default_path, read_results
 
@@ -183,6 +184,4 @@ def memory(
     if not no_plot and rows:
         from fobbench.figures.memory import draw
 
-        frame = read_results(path)
-        for figure in draw(frame, path.parent / path.stem, fmt.value):
-            console.print(f"figure: {figure}")
+        print_figures(draw(read_results(path), figure_dir(path), fmt.value))

@@ -19,7 +19,8 @@ from fobbench.figures import train as figures
 from fobbench.figures.common import check_format
 from fobbench.inner import InnerConfig
 from fobbench.problems.base import FewShotProblem
-from fobbench.progress import console, out, progress
+from fobbench.paths import figure_dir
+from fobbench.progress import console, out, print_figures, progress
 from fobbench.ranges import parse_seeds
 from fobbench.results import ResultWriter, default_path, read_results
 
@@ -137,10 +138,7 @@ def _train(problem_factory, benchmark: str, config: experiment.TrainConfig, thre
     if not no_plot:
         from fobbench.figures.train import draw
 
-        figure_dir = writer.path.parent / f"{writer.path.stem}-figures"
-        paths = draw(read_results(writer.path), figure_dir, fmt)
-        if paths:
-            console.print(f"figures: {figure_dir}/ ({len(paths)} files)", soft_wrap=True)
+        print_figures(draw(read_results(writer.path), figure_dir(writer.path), fmt))
 
 
 @train_app.command(
