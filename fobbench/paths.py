@@ -88,6 +88,9 @@ def check_writable_file(path: Path | str, option: str = "--out") -> Path:
     target = Path(path).expanduser().absolute()
     if target.is_dir():
         raise FobbenchError(f"{option}: {target} is a folder, not a file")
+    existing = _nearest_existing(target.parent)
+    if not existing.is_dir():
+        raise FobbenchError(f"{option}: {target} cannot be created: {existing} is a file, not a folder")
     check_writable_dir(target.parent, option)
     if target.exists() and not os.access(target, os.W_OK):
         raise FobbenchError(f"{option}: cannot write to {target}: permission denied")

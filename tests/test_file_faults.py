@@ -43,6 +43,9 @@ def test_a_file_where_a_folder_should_be(tmp_path: Path) -> None:
     assert _one_line(error) == f"--figures: {blocker / 'memory' / 'run'} cannot be created: {blocker} is a file, not a folder"
     with pytest.raises(FobbenchError, match="is a folder, not a file"):
         check_writable_file(tmp_path)
+    with pytest.raises(FobbenchError) as error:
+        check_writable_file(blocker / "r.csv")
+    assert _one_line(error) == f"--out: {blocker / 'r.csv'} cannot be created: {blocker} is a file, not a folder"
 
 
 def test_under_proc_nothing_can_be_created() -> None:
