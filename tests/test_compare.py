@@ -213,7 +213,7 @@ def test_a_compare_report_among_results_is_skipped_by_compare_and_plot(base: Pat
     shutil.copytree(base, run)
     assert cli("compare", str(base), str(run), "--csv", str(run / "compare.csv"))[0] == 0
     assert pd.read_csv(run / "compare.csv")["schema"].eq("fobbench.compare/1").all()
-    code, out, err = cli("compare", str(base), str(run))  # the report lies inside NEW now
+    code, _, err = cli("compare", str(base), str(run))  # the report lies inside NEW now
     assert code == 0 and "skipped" in err and "compare report" in err
     code, _, err = cli("plot", str(run), "--out", str(tmp_path / "figures"))
     assert code == 0 and "compare report" in err

@@ -10,8 +10,8 @@ from rich.table import Table
 
 from fobbench.cli.app import app
 from fobbench.figures.common import FORMATS
-from fobbench.plot import collect, draw_all
 from fobbench.paths import figure_dir
+from fobbench.plot import collect, draw_all
 from fobbench.progress import console, out, print_figures, table_console
 
 

@@ -18,8 +18,8 @@ from fobbench.experiments import train as experiment
 from fobbench.figures import train as figures
 from fobbench.figures.common import check_format
 from fobbench.inner import InnerConfig
-from fobbench.problems.base import FewShotProblem
 from fobbench.paths import figure_dir
+from fobbench.problems.base import FewShotProblem
 from fobbench.progress import console, out, print_figures, progress
 from fobbench.ranges import parse_seeds
 from fobbench.results import ResultWriter, default_path, read_results

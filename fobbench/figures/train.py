@@ -19,8 +19,8 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.ticker import MaxNLocator
 import pandas as pd
+from matplotlib.ticker import MaxNLocator
 from scipy import stats
 
 from fobbench.figures.common import SERIES_KEYS, save, style_of

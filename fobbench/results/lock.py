@@ -89,7 +89,7 @@ class WriterLock:
         os.close(self._fd)  # closing the descriptor releases the flock
         self._fd = None
 
-    def __enter__(self) -> WriterLock:
+    def __enter__(self) -> WriterLock:  # noqa: PYI034  (Self needs Python 3.11)
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,

@@ -18,7 +18,6 @@ import os
 import sys
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -210,7 +209,7 @@ class ResultWriter:
         """Release the file's writer lock (idempotent; process exit releases it too)."""
         self._lock.release()
 
-    def __enter__(self) -> ResultWriter:
+    def __enter__(self) -> ResultWriter:  # noqa: PYI034  (Self needs Python 3.11)
         return self
 
     def __exit__(self, *exc: object) -> None:
