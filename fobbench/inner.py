@@ -48,11 +48,11 @@ class InnerConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.steps, int) or self.steps < 1:
-            raise FobbenchError(f"inner steps K must be an integer >= 1 (got {self.steps})")
+            raise FobbenchError(f"--inner-steps (K) must be an integer >= 1 (got {self.steps})")
         if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise FobbenchError(f"inner step size must be > 0 (got {self.lr})")
+            raise FobbenchError(f"--inner-lr (inner step size) must be > 0 (got {self.lr})")
         if not (self.lam > 0 and math.isfinite(self.lam)):
-            raise FobbenchError(f"lambda must be > 0 (got {self.lam})")
+            raise FobbenchError(f"--lam (λ) must be > 0 (got {self.lam})")
         if self.optimizer not in OPTIMIZERS:
             raise FobbenchError(
                 f"unknown inner optimizer '{self.optimizer}' (choose from {', '.join(OPTIMIZERS)})"

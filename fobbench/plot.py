@@ -20,6 +20,7 @@ import pandas as pd
 from fobbench.errors import FobbenchError
 from fobbench.figures.common import check_format
 from fobbench.results import read_results
+from fobbench.results.store import results_files
 
 _MODULE_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 
@@ -55,17 +56,13 @@ def collect(path: Path, exclude: Path | None = None) -> list[pd.DataFrame]:
     Files are kept apart so that each benchmark's frame is built only from its own files
     (concatenating unrelated benchmarks would turn their integer columns into floats).
 
+    Compare reports (``compare --csv``) below the folder are skipped with a note.
     Raises FobbenchError (one line, exit 2) for a missing path, a folder without results
     CSVs, a foreign or unsupported CSV, or files that hold no rows at all.
     """
     path = Path(path)
     if path.is_dir():
-        files = sorted(
-            p for p in path.rglob("*.csv")
-            if p.is_file() and not (exclude is not None and _inside(p, exclude))
-        )
-        if not files:
-            raise FobbenchError(f"{path}: no results CSV files below this folder")
+        files = results_files(path, exclude=lambda p: exclude is not None and _inside(p, exclude))
         frames = [read_results(f) for f in files]
     else:
         frames = [read_results(path)]

@@ -6,6 +6,9 @@ returned object accepts the same calls and draws nothing.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -45,3 +48,9 @@ def table_console() -> Console:
     CI logs.
     """
     return out if out.is_terminal else Console(width=160, highlight=False)
+
+
+def print_figures(paths: Sequence[Path]) -> None:
+    """One ``figure: <absolute path>`` line per figure written (stderr, like other status lines)."""
+    for path in paths:
+        console.print(f"figure: {Path(path).absolute()}", soft_wrap=True, markup=False, highlight=False)

@@ -7,6 +7,8 @@ Accepted forms (``option`` names the option in error messages):
 - ``1e-5..1@11``   11 log-spaced values from 1e-5 to 1 inclusive (geometric grid)
 - ``1,2,5,10``     an explicit list
 - ``7``            a single value
+
+An empty value and an empty list item (``32,`` or ``1,,2``) are errors, never "use the default".
 """
 
 from __future__ import annotations
@@ -94,9 +96,10 @@ def parse_range(
                 values.append(kind(value))
                 value = value * 2
     else:
-        values = [_number(part, kind, option, spec) for part in text.split(",") if part.strip()]
-        if not values:
-            raise FobbenchError(f"{option}: empty value")
+        parts = text.split(",")
+        if any(not part.strip() for part in parts):
+            raise FobbenchError(f"{option}: '{spec}' has an empty item (a stray comma?)")
+        values = [_number(part, kind, option, spec) for part in parts]
     if positive and any(v <= 0 for v in values):
         raise FobbenchError(f"{option}: '{spec}' must be above 0")
     return values

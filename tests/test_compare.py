@@ -31,11 +31,11 @@ def write_run(
     acc_shift: float = 0.0,
 ) -> Path:
     """A gradcheck-like file (deterministic errors per seed, noisy times) and a train-like file."""
-    grad = ResultWriter(path / "gradcheck.csv", "gradcheck.error_vs_k", ["k", "nu"])
+    grad = ResultWriter(path / "gradcheck.csv", "gradcheck.error_vs_k", ["inner_steps", "nu"])
     for k in (1, 4, 16):
         for seed, t in enumerate(times):
             grad.write_point(
-                "fobmaml-sym", {"k": k, "nu": 0.01}, {"lam": lam}, seed,
+                "fobmaml-sym", {"inner_steps": k, "nu": 0.01}, {"lam": lam}, seed,
                 [
                     Measurement("rel_error", error_scale * 0.5 / k * (1 + 0.1 * seed), "1", "closed_form"),
                     Measurement("seconds", float(time_scale * 0.01 * k * t), "s", "wall_clock"),
@@ -142,8 +142,10 @@ def test_single_sample_of_a_noisy_metric_is_insufficient(tmp_path: Path) -> None
     new = read_results(write_run(tmp_path / "n", times=np.array([1.0]), time_scale=3.0))
     report = comparison.run(base, new)
     timing = report[report["metric"] == "seconds"]
-    assert set(timing["verdict"]) == {"same"}
-    assert all("insufficient samples" in n for n in timing["note"])
+    assert set(timing["verdict"]) == {"insufficient samples"}  # not "same": nothing was decided
+    assert all("1 vs 1 samples" in n for n in timing["note"])
+    assert not comparison.failed(report)
+    assert "3 insufficient samples" in comparison.summary(report)
 
 
 def test_accuracy_is_higher_better(base: Path, tmp_path: Path) -> None:
@@ -166,12 +168,61 @@ def test_config_change_is_not_comparable_and_not_a_regression(base: Path, tmp_pa
 
 def test_missing_and_new_points(base: Path, tmp_path: Path) -> None:
     frame = read_results(base)
-    fewer = frame[frame["k"] != 16]
+    fewer = frame[frame["inner_steps"] != 16]
     report = comparison.run(frame, fewer)
-    assert set(report.loc[report["point"].str.startswith("k=16"), "verdict"]) == {"missing"}
+    assert set(report.loc[report["point"].str.startswith("inner_steps=16"), "verdict"]) == {"missing"}
+    assert comparison.failed(report) and not comparison.failed(report, allow_missing=True)
     report = comparison.run(fewer, frame)
-    assert set(report.loc[report["point"].str.startswith("k=16"), "verdict"]) == {"new"}
+    assert set(report.loc[report["point"].str.startswith("inner_steps=16"), "verdict"]) == {"new"}
     assert not comparison.failed(report)
+
+
+def test_a_run_missing_baseline_points_fails_the_gate_unless_allowed(base: Path, tmp_path: Path, cli) -> None:
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    shutil.copy(base / "train.csv", partial / "train.csv")  # the whole gradcheck benchmark is missing
+    code, out, _ = cli("compare", str(base), str(partial))
+    assert code == 1 and "REGRESSION" in out and "missing" in out and "--allow-missing" in out
+    code, out, _ = cli("compare", str(base), str(partial), "--allow-missing")
+    assert code == 0 and "OK:" in out
+
+
+def test_nothing_comparable_is_exit_2_with_one_line(base: Path, tmp_path: Path, cli) -> None:
+    other = tmp_path / "memory"
+    writer = ResultWriter(other / "m.csv", "memory.transformer", ["seq"])
+    writer.write_point("fomaml", {"seq": 32}, {}, 0,
+                       [Measurement("peak_bytes", 1e6, "bytes", "cpu_dispatch_tracker")])
+    writer.close()
+    code, _, err = cli("compare", str(base), str(other))
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "nothing comparable (no point in common)" in lines[0]
+    assert "gradcheck.error_vs_k" in lines[0] and "memory.transformer" in lines[0]
+    other = write_run(tmp_path / "lam", lam=0.5) / "gradcheck.csv"
+    code, _, err = cli("compare", str(base / "gradcheck.csv"), str(other))
+    assert code == 2 and "every shared point has another config hash" in err
+
+
+def test_exit_codes_are_documented_in_help(cli) -> None:
+    code, out, _ = cli("compare", "--help")
+    text = " ".join(out.split())
+    assert code == 0 and "--allow-missing" in text
+    for fragment in ("0 = nothing got worse", "1 = something got worse", "2 = bad input"):
+        assert fragment in text
+
+
+def test_a_compare_report_among_results_is_skipped_by_compare_and_plot(base: Path, tmp_path: Path,
+                                                                      cli) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(base, run)
+    assert cli("compare", str(base), str(run), "--csv", str(run / "compare.csv"))[0] == 0
+    assert pd.read_csv(run / "compare.csv")["schema"].eq("fobbench.compare/1").all()
+    code, _, err = cli("compare", str(base), str(run))  # the report lies inside NEW now
+    assert code == 0 and "skipped" in err and "compare report" in err
+    code, _, err = cli("plot", str(run), "--out", str(tmp_path / "figures"))
+    assert code == 0 and "compare report" in err
+    legacy = run / "old_report.csv"  # written before reports had a schema column
+    pd.read_csv(run / "compare.csv").drop(columns="schema").to_csv(legacy, index=False)
+    assert cli("compare", str(base), str(run))[0] == 0
 
 
 def test_different_measured_by_is_never_matched(base: Path) -> None:
@@ -221,10 +272,10 @@ def test_markdown_and_csv_reports(base: Path, tmp_path: Path, cli) -> None:
     text = md.read_text()
     assert text.count("**worse**") == 3 * 8 and "| benchmark |" in text
     table = pd.read_csv(csv)
-    assert list(table.columns) == list(comparison.REPORT_COLUMNS)
+    assert list(table.columns) == ["schema", *comparison.REPORT_COLUMNS]
     assert (table["verdict"] == "worse").sum() == 3 * 8
-    # a compare report is not a results file: reading it back fails with one clear line
-    with pytest.raises(FobbenchError, match="not a fobbench results CSV"):
+    # a compare report is not a results file: given directly, it is refused with one clear line
+    with pytest.raises(FobbenchError, match="a fobbench compare report, not a results file"):
         read_results(csv)
 
 

@@ -116,9 +116,9 @@ SMALL = ["--dim", "4", "--tasks", "3", "--quiet"]
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--nu", "0"], "nu must be a non-zero"),
-        (["--lam", "0"], "lambda must be > 0"),
-        (["--lam", "-1"], "lambda must be > 0"),
+        (["--nu", "0"], "--nu (ν) must be a non-zero"),
+        (["--lam", "0"], "--lam (λ) must be > 0"),
+        (["--lam", "-1"], "--lam (λ) must be > 0"),
         (["--lam-grid", "0..1@3"], "--lam-grid"),
         (["--inner-steps", "0"], "--inner-steps"),
         (["--inner-steps", "5..1"], "descending"),
@@ -127,7 +127,7 @@ SMALL = ["--dim", "4", "--tasks", "3", "--quiet"]
         (["--nu-grid", "abc"], "--nu-grid"),
         (["--experiments", "error_vs_k,bogus"], "unknown experiment 'bogus'"),
         (["--outer", "rmsprop"], "--outer"),
-        (["--inner-lr", "-0.1"], "step size must be > 0"),
+        (["--inner-lr", "-0.1"], "--inner-lr (inner step size) must be > 0"),
         (["--es-samples", "0"], "es-samples"),
         (["--seeds", "-1"], "--seeds"),
         (["--experiments", "rates", "--methods", "maml"], "need a method that uses nu"),
@@ -179,9 +179,11 @@ def test_full_run_writes_one_csv_per_experiment_and_their_figures(full_run) -> N
     for name in experiment.EXPERIMENTS:
         frame = read_results(out / f"{name}.csv")
         assert set(frame["benchmark"]) == {f"gradcheck.{name}"}
-    figures = sorted(p.name for p in out.glob("*.png"))
+    assert not list(out.glob("*.png"))  # figures never inside the results folder
+    figure_dir = out.parent / f"{out.name}-figures"
+    figures = sorted(p.name for p in figure_dir.glob("*.png"))
     assert figures == sorted(f"gradcheck_{name}.png" for name in experiment.EXPERIMENTS)
-    for figure in out.glob("*.png"):
+    for figure in figure_dir.glob("*.png"):
         assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

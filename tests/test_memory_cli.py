@@ -32,8 +32,9 @@ def test_limit_records_oom_and_the_sweep_continues(cli, tmp_path: Path) -> None:
     assert rows.loc[("fomaml", 64), "status"] == "ok"  # and the sweep went on after it
     assert rows.loc[("fomaml", 64), "value"] < 0.25
     assert "oom" in stdout and "maml" in stdout  # the final table
-    figures = list((tmp_path / "mem").glob("*.png"))
+    figures = list((tmp_path / "mem-figures").glob("*.png"))
     assert [f.name for f in figures] == ["memory_transformer_seq.png"]
+    assert f"figure: {figures[0]}" in stderr  # the full path of each figure written
 
 
 def test_rows_record_every_setting_and_how_they_were_measured(cli, tmp_path: Path) -> None:
@@ -83,7 +84,7 @@ def test_convnet_sweep_runs(cli, tmp_path: Path) -> None:
     peaks = frame[frame["metric"] == "peak_bytes"]
     assert len(peaks) == 4 and (peaks["value"] > 0).all()
     assert set(frame["sweep"]) == {"channels"} and "channels" in stdout
-    assert (out.parent / "conv" / "memory_convnet_channels.png").is_file()
+    assert (out.parent / "conv-figures" / "memory_convnet_channels.png").is_file()
 
 
 @pytest.mark.parametrize(
@@ -92,10 +93,15 @@ def test_convnet_sweep_runs(cli, tmp_path: Path) -> None:
         (("--seq", "8..32", "--d-model", "16,32"), "one size at a time"),
         (("--seq", "8", "--d-model", "13"), "divisible"),
         (("--seq", "0"), "--seq"),
+        (("--seq", ""), "--seq: empty value"),
+        (("--seq", "32,"), "--seq: '32,' has an empty item"),
+        (("--seq", "8", "--lam", "-1"), "--lam (λ) must be > 0"),
+        (("--seq", "8", "--nu", "0"), "--nu (ν) must be"),
+        (("--seq", "8", "--methods", "exact"), "exact is gradcheck-only"),
         (("--seq", "8", "--methods", "maml,bogus"), "bogus"),
         (("--seq", "8", "--channels", "16"), "--channels"),
         (("--seq", "8", "--limit", "-1"), "--limit"),
-        (("--seq", "8", "--inner-steps", "0"), "K must be"),
+        (("--seq", "8", "--inner-steps", "0"), "--inner-steps (K) must be"),
         (("--seq", "8", "--estimate", "--device", "cuda"), "--estimate"),
     ],
 )

@@ -65,6 +65,17 @@ def test_dispatch_by_prefix_and_figures_folder_is_skipped(tmp_path: Path, fake_f
     assert (out / "fakebench_score.svg").read_text().lstrip().startswith("<?xml")
 
 
+def test_default_figure_folder_is_beside_path_and_each_figure_is_named(tmp_path: Path, fake_figures,
+                                                                       cli) -> None:
+    results = tmp_path / "results"
+    write_bench(results / "run1", "fakebench.alpha", [1, 2, 3, 4])
+    code, out, err = cli("plot", str(results))
+    assert code == 0, err
+    png = tmp_path / "results-figures" / "fakebench_score.png"
+    assert png.is_file() and not list(results.rglob("*.png"))
+    assert f"figure: {png}" in err and str(png.parent) in out
+
+
 def test_a_failing_figure_module_does_not_hide_the_others(tmp_path: Path, fake_figures, cli) -> None:
     write_bench(tmp_path / "r", "fakebench.alpha", [1, 2, 3, 4])
     write_bench(tmp_path / "r", "brokenbench.x", [1, 2, 3, 4])

@@ -33,7 +33,8 @@ def test_float_log_grid_is_geometric_and_inclusive() -> None:
     assert ratios == pytest.approx([10.0] * 5)
 
 
-@pytest.mark.parametrize("spec", ["512..32", "0..8", "a..b", "-4", "0", "1,-2", "", "1..8:0", "2..8@1", "x"])
+@pytest.mark.parametrize("spec", ["512..32", "0..8", "a..b", "-4", "0", "1,-2", "", "  ", "1..8:0", "2..8@1",
+                                  "x", "32,", "1,,2", ",8"])
 def test_invalid_ranges_name_the_option(spec: str) -> None:
     with pytest.raises(FobbenchError) as error:
         parse_range(spec, "--seq")
@@ -44,3 +45,17 @@ def test_invalid_ranges_name_the_option(spec: str) -> None:
 
 def test_negative_allowed_when_not_a_size() -> None:
     assert parse_range("-1,0,1", "--shift", kind=float, positive=False) == [-1.0, 0.0, 1.0]
+
+
+@pytest.mark.parametrize("spec", ["32,", "1,,2", ",8"])
+def test_a_stray_comma_is_an_error_not_a_shorter_list(spec: str) -> None:
+    with pytest.raises(FobbenchError, match="empty item"):
+        parse_range(spec, "--seq")
+
+
+@pytest.mark.parametrize("text", ["maml,", "maml,,fomaml"])
+def test_a_stray_comma_in_a_method_list_is_an_error(text: str) -> None:
+    from fobbench.estimators import parse_methods
+
+    with pytest.raises(FobbenchError, match="^--methods: .*empty item"):
+        parse_methods(text, "--methods")

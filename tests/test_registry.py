@@ -55,7 +55,7 @@ def test_display_order_comes_from_rank(dummy: str) -> None:
 def test_unknown_names_and_facts_are_rejected(dummy: str) -> None:
     with pytest.raises(FobbenchError, match=f"choose from .*{dummy}"):
         parse_methods("nope")
-    with pytest.raises(FobbenchError, match="unknown method 'exact'"):
+    with pytest.raises(FobbenchError, match="exact is gradcheck-only"):
         parse_methods("exact", allow_exact=False)
     with pytest.raises(TypeError, match="unknown facts"):
         register("bad", "x", order="first", speed=3)

@@ -205,12 +205,15 @@ def test_summary_uses_seed_intervals_for_several_seeds() -> None:
 
 
 @pytest.mark.parametrize("args, message", [
-    (("--methods", "exact"), "--methods"),
+    (("--methods", "exact"), "--methods: exact is gradcheck-only"),
+    (("--method", "exact"), "--method: exact is gradcheck-only"),
     (("--method", "nope"), "unknown method"),
     (("--seeds", "4..1"), "--seeds"),
     (("--outer", "rmsprop"), "--outer"),
     (("--eval-tasks", "1"), "--eval-tasks"),
-    (("--lam", "0"), "lambda"),
+    (("--lam", "0"), "--lam (λ) must be > 0"),
+    (("--lam", "-1"), "--lam (λ) must be > 0"),
+    (("--nu", "0"), "--nu (ν) must be"),
     (("--out", "a.csv", "--resume", "b.csv"), "either --out or --resume"),
 ])
 def test_bad_options_are_one_line_errors(cli, args: tuple[str, ...], message: str) -> None:

@@ -24,7 +24,8 @@ _STYLES = {
     comparison.CHANGED: "bold yellow",
     comparison.BETTER: "green",
     comparison.NOT_COMPARABLE: "magenta",
-    comparison.MISSING: "dim",
+    comparison.MISSING: "bold red",
+    comparison.INSUFFICIENT: "dim",
     comparison.NEW: "cyan",
 }
 _KINDS = {
@@ -55,8 +56,10 @@ def _table(report, only_changed: bool) -> Table:
 
 @app.command(
     epilog=(
-        "Example: fobbench compare results/baseline /tmp/ci_run --markdown summary.md\n\n"
-        "Exit status: 0 nothing got worse, 1 something got worse, 2 bad input."
+        "Example: fobbench compare .ci/baseline /tmp/ci_run --markdown summary.md\n\n"
+        "Exit status: 0 = nothing got worse and every BASE point is in NEW; 1 = something got "
+        "worse or changed, or BASE points are missing from NEW (unless --allow-missing); "
+        "2 = bad input, or nothing at all comparable."
     )
 )
 def compare(
@@ -81,6 +84,9 @@ def compare(
         "--csv", help="Also write the report as CSV to FILE (a compare report, not a results file).")] = None,
     only_changed: Annotated[bool, typer.Option(
         "--only-changed", help="Leave 'same' rows out of the printed table (files keep them).")] = False,
+    allow_missing: Annotated[bool, typer.Option(
+        "--allow-missing", help="Points of BASE that NEW lacks do not fail the gate (NEW is a subset "
+        "on purpose).")] = False,
 ) -> None:
     """Compare results NEW against BASE point by point; exit 1 when anything got worse.
 
@@ -88,7 +94,9 @@ def compare(
     and config hash. Points whose settings differ (another config hash) are reported as
     'not comparable'. Deterministic metrics must agree to --rtol; noisy ones must change
     significantly (Mann-Whitney U or separate 95% intervals) AND beyond --factor, and need at
-    least two samples per side ('insufficient samples' counts as same).
+    least two samples per side (else 'insufficient samples': shown, not failing). BASE points
+    missing from NEW fail unless --allow-missing; nothing comparable at all is exit 2.
+    Compare reports (--csv) lying among the results are recognised and skipped.
     """
     if kind not in _KINDS:
         raise FobbenchError(f"--kind: '{kind}' is not one of {', '.join(_KINDS)}")
@@ -99,6 +107,7 @@ def compare(
     new_frame = read_results(new)
     report = comparison.run(base_frame, new_frame, factor=factor, rtol=rtol, atol=atol, alpha=alpha,
                             kinds=_KINDS[kind])
+    comparison.check_comparable(report, base_frame, new_frame)
     if not (only_changed and (report["verdict"] == comparison.SAME).all()):
         table_console().print(_table(report, only_changed))
     line = comparison.summary(report)
@@ -107,16 +116,19 @@ def compare(
         markdown.write_text(comparison.to_markdown(report, title=f"fobbench compare {base} {new}"))
     if csv is not None:
         csv.parent.mkdir(parents=True, exist_ok=True)
-        report.to_csv(csv, index=False)
-    failed = comparison.failed(report)
-    worst = report[report["verdict"].isin(comparison.FAILING)]
+        comparison.write_csv(report, csv)
+    failed = comparison.failed(report, allow_missing)
+    failing = comparison.FAILING if allow_missing else comparison.FAILING | {comparison.MISSING}
+    worst = report[report["verdict"].isin(failing)]
     if failed:
         names = ", ".join(
             f"{r.benchmark} {r.method} {r.point} {r.metric}".replace("  ", " ")
             for r in worst.head(3).itertuples(index=False)
         )
         more = f" and {len(worst) - 3} more" if len(worst) > 3 else ""
-        out.print(f"[bold red]REGRESSION[/]: {line}; worse: {escape(names)}{more}", soft_wrap=True)
+        hint = "; pass --allow-missing if NEW leaves them out on purpose" \
+            if (worst["verdict"] == comparison.MISSING).any() else ""
+        out.print(f"[bold red]REGRESSION[/]: {line}; failing: {escape(names)}{more}{hint}", soft_wrap=True)
     else:
         out.print(f"OK: {line}", soft_wrap=True)
     if markdown is not None or csv is not None:

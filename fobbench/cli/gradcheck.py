@@ -17,7 +17,8 @@ from fobbench.errors import FobbenchError
 from fobbench.estimators import hyperparameter_help, names, parse_methods
 from fobbench.experiments import gradcheck as experiment
 from fobbench.experiments import runner
-from fobbench.progress import console, out
+from fobbench.paths import figure_dir
+from fobbench.progress import console, out, print_figures
 from fobbench.ranges import parse_range, parse_seeds
 
 EXAMPLE = (
@@ -192,10 +193,11 @@ def plan(p: Mapping[str, Any]) -> runner.Plan:
         if not p["no_plot"]:
             from fobbench.figures import gradcheck as figures_module
 
-            figures = figures_module.draw(files.frame(), Path(folder))
+            figures = figures_module.draw(files.frame(), figure_dir(folder))
         if not p["quiet"]:
-            console.print(f"results: {folder}/ ({', '.join(f.name for f in files.paths.values())})"
-                          + (f"; figures: {', '.join(f.name for f in figures)}" if figures else ""))
+            names = ", ".join(f.name for f in files.paths.values())
+            console.print(f"results: {Path(folder).absolute()}/ ({names})", soft_wrap=True)
+            print_figures(figures)
 
     return runner.Plan(experiment.GradcheckRun(config), Path(folder), resuming, p["quiet"], p["threads"],
                        "gradcheck", show)

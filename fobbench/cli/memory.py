@@ -19,7 +19,8 @@ from fobbench.estimators import BATCHING, hyperparameter_help, names, parse_meth
 from fobbench.experiments import memory as experiment
 from fobbench.experiments import runner
 from fobbench.figures.common import FORMATS
-from fobbench.progress import console, out
+from fobbench.paths import figure_dir
+from fobbench.progress import console, out, print_figures
 from fobbench.ranges import parse_range, parse_seeds
 from fobbench.results import default_path, read_results
 
@@ -51,13 +52,13 @@ def _sizes(arch: str, channels: str | None, d_model: str | None, seq: str | None
     if arch == "convnet":
         if d_model is not None or seq is not None:
             raise FobbenchError("--d-model and --seq apply to --arch transformer, not convnet")
-        return {"channels": parse_range(channels or "16..256", "--channels")}
+        return {"channels": parse_range("16..256" if channels is None else channels, "--channels")}
     if channels is not None:
         raise FobbenchError("--channels applies to --arch convnet, not transformer")
-    d_values = parse_range(d_model or "128", "--d-model")
+    d_values = parse_range("128" if d_model is None else d_model, "--d-model")
     # Fig. 6 (App. B) sweeps seq at d_model 128; Fig. 3 sweeps d_model at seq 128.
     seq_default = "128" if len(d_values) > 1 else "32..512"
-    return {"d_model": d_values, "seq": parse_range(seq or seq_default, "--seq")}
+    return {"d_model": d_values, "seq": parse_range(seq_default if seq is None else seq, "--seq")}
 
 
 def _table(frame: pd.DataFrame, sweep: str, title: str) -> Table:
@@ -193,8 +194,7 @@ def plan(p: Mapping[str, Any]) -> runner.Plan:
         if not p["no_plot"] and not frame.empty:
             from fobbench.figures.memory import draw
 
-            for figure in draw(read_results(path), path.parent / path.stem, _choice(p["fmt"])):
-                console.print(f"figure: {figure}")
+            print_figures(draw(read_results(path), figure_dir(path), _choice(p["fmt"])))
 
     spec = experiment.MemorySweep(settings, tuple(points), tuple(chosen), sweep, seeds)
     return runner.Plan(spec, Path(path), resuming, p["quiet"], None, settings.benchmark, show)

@@ -10,20 +10,21 @@ from rich.table import Table
 
 from fobbench.cli.app import app
 from fobbench.figures.common import FORMATS
+from fobbench.paths import figure_dir
 from fobbench.plot import collect, draw_all
-from fobbench.progress import console, out, table_console
+from fobbench.progress import console, out, print_figures, table_console
 
 
 @app.command(
     epilog=(
-        "Example: fobbench plot results/ --out results/figures --format png\n\n"
+        "Example: fobbench plot results/ --format svg   (figures: results-figures/)\n\n"
         "Exit status: 0 figures written, 1 a figure module failed, 2 bad input."
     )
 )
 def plot(
     path: Annotated[Path, typer.Argument(help="A results CSV, or a folder: every CSV below it is read.")],
-    out_dir: Annotated[Path, typer.Option(
-        "--out", help="Folder the figures are written to (created if needed).")] = Path("results/figures"),
+    out_dir: Annotated[Path | None, typer.Option(
+        "--out", help="Folder the figures are written to (default: PATH-figures/ beside PATH).")] = None,
     fmt: Annotated[str, typer.Option("--format", help=f"Figure format: {'|'.join(FORMATS)}.")] = "png",
 ) -> None:
     """Draw the figures each benchmark calls for from every results CSV under PATH.
@@ -34,6 +35,7 @@ def plot(
     log scale, OOM marked). Repeats of a point are averaged with a 95% interval; values
     measured differently (measured_by, device) are never merged into one line.
     """
+    out_dir = figure_dir(path) if out_dir is None else out_dir
     frame = collect(path, exclude=out_dir)
     report = draw_all(frame, out_dir, fmt)
     table = Table(title=f"fobbench plot {path}", title_justify="left")
@@ -50,7 +52,8 @@ def plot(
         table.add_row(prefix, str(rows), files)
     table_console().print(table)
     total = sum(len(v) for v in report.written.values())
-    out.print(f"wrote {total} file(s) to {out_dir}", soft_wrap=True)
+    out.print(f"wrote {total} file(s) to {out_dir.absolute()}", soft_wrap=True)
+    print_figures([p for paths in report.written.values() for p in paths])
     for prefix, reason in report.missing.items():
         console.print(f"fobbench: note: benchmark '{prefix}' has no figures ({reason})", soft_wrap=True)
     for prefix, reason in report.failed.items():

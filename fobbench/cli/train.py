@@ -21,8 +21,9 @@ from fobbench.experiments import train as experiment
 from fobbench.figures import train as figures
 from fobbench.figures.common import check_format
 from fobbench.inner import InnerConfig
+from fobbench.paths import figure_dir
 from fobbench.problems.base import FewShotProblem
-from fobbench.progress import console, out
+from fobbench.progress import console, out, print_figures
 from fobbench.ranges import parse_seeds
 from fobbench.results import default_path, read_results
 
@@ -141,10 +142,7 @@ def plan(p: Mapping[str, Any], benchmark: str, problem: Callable[[Mapping[str, A
         if not p["no_plot"]:
             from fobbench.figures.train import draw
 
-            figure_dir = written.parent / f"{written.stem}-figures"
-            paths = draw(read_results(written), figure_dir, p["fmt"])
-            if paths:
-                console.print(f"figures: {figure_dir}/ ({len(paths)} files)", soft_wrap=True)
+            print_figures(draw(read_results(written), figure_dir(written), p["fmt"]))
 
     spec = experiment.TrainRun(problem(p), config, benchmark)
     return runner.Plan(spec, Path(path), resuming, p["quiet"], p["threads"],

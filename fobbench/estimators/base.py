@@ -38,13 +38,13 @@ class EstimatorConfig:
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.nu) or self.nu == 0:
-            raise FobbenchError(f"nu must be a non-zero finite number (got {self.nu})")
+            raise FobbenchError(f"--nu (ν) must be a non-zero finite number (got {self.nu})")
         if not isinstance(self.cg_steps, int) or self.cg_steps < 1:
-            raise FobbenchError(f"cg-steps must be an integer >= 1 (got {self.cg_steps})")
+            raise FobbenchError(f"--cg-steps must be an integer >= 1 (got {self.cg_steps})")
         if not isinstance(self.es_samples, int) or self.es_samples < 1:
-            raise FobbenchError(f"es-samples must be an integer >= 1 (got {self.es_samples})")
+            raise FobbenchError(f"--es-samples must be an integer >= 1 (got {self.es_samples})")
         if not (self.es_sigma > 0 and math.isfinite(self.es_sigma)):
-            raise FobbenchError(f"es-sigma must be > 0 (got {self.es_sigma})")
+            raise FobbenchError(f"--es-sigma must be > 0 (got {self.es_sigma})")
 
 
 def hyperparameter_help(name: str) -> str:
@@ -233,15 +233,22 @@ def parse_methods(text: str, option: str = "--methods", allow_exact: bool = True
     """Split a comma-separated method list and check every name against the registry.
 
     ``all`` is every registered method in display order (trainable ones only when
-    ``allow_exact`` is False).
+    ``allow_exact`` is False). Empty lists and empty items (a stray comma) are errors.
     """
     allowed = names(trainable=not allow_exact)
     if text.strip() == "all":
         return allowed
-    chosen = [part.strip() for part in text.split(",") if part.strip()]
-    if not chosen:
+    if not text.strip():
         raise FobbenchError(f"{option}: no method given")
+    chosen = [part.strip() for part in text.split(",")]
+    if not all(chosen):
+        raise FobbenchError(f"{option}: '{text}' has an empty item (a stray comma?)")
     for name in chosen:
+        if name in REGISTRY and name not in allowed:
+            raise FobbenchError(
+                f"{option}: {name} is gradcheck-only (the closed-form meta-gradient of the quadratic "
+                "tasks); choose an estimator"
+            )
         if name not in allowed:
             raise FobbenchError(f"{option}: unknown method '{name}' (choose from {', '.join(allowed)})")
     return chosen

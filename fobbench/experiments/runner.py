@@ -161,26 +161,43 @@ class RunFiles:
 
 
 def _writers(outputs: list[Output], path: Path, resume: bool) -> dict[str, ResultWriter]:
-    """One writer per output: ``path`` itself for a single unnamed output, else ``path/<name>.csv``."""
+    """One writer per output: ``path`` itself for a single unnamed output, else ``path/<name>.csv``.
+
+    Each writer holds its file's lock from here on: the caller closes them (:func:`execute`
+    does, in ``finally``). If opening one fails, those already opened are closed here.
+    """
     folder = len(outputs) > 1 or outputs[0].name != ""
     if folder:
+        if resume and path.is_file():
+            raise FobbenchError(f"--resume takes the run's folder, not one of its CSV files: "
+                                f"--resume {path.parent}")
         if resume and not path.is_dir():
             raise FobbenchError(f"--resume: {path} is not a results folder")
         if path.exists() and not path.is_dir():
             raise FobbenchError(f"--out: {path} exists and is not a folder (this command writes one CSV per "
                                 "sub-experiment into a folder)")
-    writers = {}
-    for output in outputs:
-        file = path / f"{output.name}.csv" if folder else path
-        writers[output.name] = ResultWriter(file, output.benchmark, output.point_columns, output.info_columns,
-                                            device=output.device,
-                                            resume=resume and (not folder or file.exists()))
+    writers: dict[str, ResultWriter] = {}
+    try:
+        for output in outputs:
+            file = path / f"{output.name}.csv" if folder else path
+            writers[output.name] = ResultWriter(file, output.benchmark, output.point_columns,
+                                                output.info_columns, device=output.device,
+                                                resume=resume and (not folder or file.exists()),
+                                                resume_target=path)
+    except BaseException:
+        for writer in writers.values():
+            writer.close()
+        raise
     return writers
 
 
 def execute(experiment: Experiment, path: Path, resume: bool = False, quiet: bool = True,
             label: str = "") -> RunFiles:
     """Run ``experiment`` into ``path`` (a file, or a folder for several outputs).
+
+    Every results file is locked while the run writes it and released when it ends, however
+    it ends (the writers are closed in ``finally``), so consecutive runs in one process
+    (``fobbench run``) never trip over their own locks.
 
     Args:
         experiment: the spec.
@@ -193,15 +210,21 @@ def execute(experiment: Experiment, path: Path, resume: bool = False, quiet: boo
         The files written and the hashes of the points visited.
     """
     outputs = experiment.outputs()
-    sink = Sink(_writers(outputs, Path(path), resume), resuming=resume)
-    with progress(quiet) as bar:
-        task = bar.add_task(label or outputs[0].benchmark, total=experiment.total())
-        for item in experiment.records(sink):
-            if isinstance(item, Tick):
-                bar.update(task, advance=item.count, **({"description": item.label} if item.label else {}))
-                continue
-            sink.write(item)
-            bar.update(task, advance=item.advance)
+    writers = _writers(outputs, Path(path), resume)
+    sink = Sink(writers, resuming=resume)
+    try:
+        with progress(quiet) as bar:
+            task = bar.add_task(label or outputs[0].benchmark, total=experiment.total())
+            for item in experiment.records(sink):
+                if isinstance(item, Tick):
+                    described = {"description": item.label} if item.label else {}
+                    bar.update(task, advance=item.count, **described)
+                    continue
+                sink.write(item)
+                bar.update(task, advance=item.advance)
+    finally:
+        for writer in writers.values():
+            writer.close()
     return RunFiles({o.name: sink.path(o.name) for o in outputs}, frozenset(sink.hashes))
 
 

@@ -35,6 +35,49 @@ def check_format(fmt: str) -> None:
         raise FobbenchError(f"--format: '{fmt}' is not one of {', '.join(FORMATS)}")
 
 
+METHOD_STYLES: dict[str, dict[str, object]] = {
+    "maml": {"color": "tab:blue", "linestyle": "-", "marker": "o"},
+    "fomaml": {"color": "tab:orange", "linestyle": "--", "marker": "s"},
+    "reptile": {"color": "tab:green", "linestyle": ":", "marker": "^"},
+    "imaml": {"color": "tab:red", "linestyle": "-.", "marker": "D"},
+    "esmaml": {"color": "tab:purple", "linestyle": (0, (1, 1)), "marker": "v"},
+    "fobmaml-forward": {"color": "tab:brown", "linestyle": (0, (5, 1)), "marker": "P"},
+    "fobmaml-sym": {"color": "black", "linestyle": "-", "marker": "*"},
+    "fobmaml-richardson": {"color": "darkgoldenrod", "linestyle": (0, (5, 2, 1, 2)), "marker": "X"},
+    "exact": {"color": "tab:gray", "linestyle": (0, (3, 1, 1, 1)), "marker": "x"},
+}
+"""Colour, line style and marker of every registry method: the same in every figure, so a
+reader learns them once, and distinguishable in greyscale (style and marker differ too)."""
+
+_SPARE_COLORS = ("tab:pink", "tab:olive", "tab:cyan", "navy", "gold", "teal")
+_SPARE_MARKERS = ("h", "<", ">", "p", "d", "8")
+_VARIANT_LINESTYLES = ("-", "--", ":", (0, (3, 1, 1, 1)), "-.")
+
+
+def style_of(method: str, variant: int = 0) -> dict[str, object]:
+    """Matplotlib keywords (``color``, ``linestyle``, ``marker``) for ``method``.
+
+    Args:
+        method: a registry name (:data:`METHOD_STYLES`); other names (plugins) get a stable
+            style derived from the name.
+        variant: 0 for the method's own style; 1, 2, ... for further lines of the same
+            method (iMAML at several CG step counts): same colour and marker, another line
+            style and a hollow marker.
+    """
+    if method in METHOD_STYLES:
+        style = dict(METHOD_STYLES[method])
+    else:
+        index = sum(map(ord, method))
+        style = {"color": _SPARE_COLORS[index % len(_SPARE_COLORS)], "linestyle": "-",
+                 "marker": _SPARE_MARKERS[index % len(_SPARE_MARKERS)]}
+    if variant:
+        own = style["linestyle"]
+        others = [s for s in _VARIANT_LINESTYLES if s != own]
+        style["linestyle"] = others[(variant - 1) % len(others)]
+        style["markerfacecolor"] = "white"
+    return style
+
+
 SERIES_KEYS = ("method", "measured_by", "device_name")
 """Columns that separate lines: one line never mixes methods, measurement kinds or devices."""
 

@@ -22,11 +22,15 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import MaxNLocator
 
-from fobbench.figures.common import aggregate, save, series
+from fobbench.figures.common import aggregate, save, series, style_of
 
 SPLIT = ("cg_steps", "nu", "lam")
 """Point columns that also separate lines when they vary within a method."""
+
+DIVERGED = 10.0
+"""A method diverges on the outer loss when its final F − F* exceeds this factor × its first."""
 
 
 def _blank(value: object) -> bool:
@@ -53,9 +57,33 @@ def _lines(frame: pd.DataFrame, split: Sequence[str] = SPLIT) -> Iterator[tuple[
             yield (f"{label} ({', '.join(extra)})" if extra else label), sub
 
 
+def _styled(frame: pd.DataFrame, split: Sequence[str] = SPLIT
+            ) -> Iterator[tuple[str, pd.DataFrame, dict[str, object]]]:
+    """:func:`_lines` with each line's fixed method style (variants of a method: other dashes)."""
+    seen: dict[str, int] = {}
+    for label, group in _lines(frame, split):
+        method = str(group["method"].iloc[0])
+        yield label, group, style_of(method, seen.get(method, 0))
+        seen[method] = seen.get(method, 0) + 1
+
+
+def _setting(rows: pd.DataFrame, column: str, symbol: str) -> str | None:
+    """``ν=0.01`` when every row has one value of ``column``; None when it varies or is absent."""
+    if column not in rows.columns:
+        return None
+    values = rows[column].dropna().unique()
+    return f"{symbol}={float(values[0]):g}" if len(values) == 1 else None
+
+
+def _settings(rows: pd.DataFrame, *columns: tuple[str, str]) -> str:
+    shown = [s for s in (_setting(rows, c, symbol) for c, symbol in columns) if s]
+    return f" ({', '.join(shown)})" if shown else ""
+
+
 def _band(ax: plt.Axes, stats_frame: pd.DataFrame, x: str, label: str, **style: object) -> None:
     stats_frame = stats_frame.sort_values(x)
-    line, = ax.plot(stats_frame[x], stats_frame["mean"], marker="o", markersize=3, label=label, **style)
+    style = {"marker": "o", "markersize": 4, **style}
+    line, = ax.plot(stats_frame[x], stats_frame["mean"], label=label, **style)
     if (stats_frame["n"] > 1).any():
         ax.fill_between(stats_frame[x], stats_frame["lo"].clip(lower=1e-300), stats_frame["hi"],
                         color=line.get_color(), alpha=0.2)
@@ -70,10 +98,22 @@ def _error_vs_k(frame: pd.DataFrame, out_dir: Path, fmt: str) -> Path | None:
     if rows.empty:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for label, group in _lines(rows):
-        _band(ax, aggregate(group, ["inner_steps"]), "inner_steps", label)
+    exact = rows[rows["method"] == "exact"]
+    estimators = rows[rows["method"] != "exact"]
+    for label, group, style in _styled(rows if estimators.empty else estimators):
+        _band(ax, aggregate(group, ["inner_steps"]), "inner_steps", label, **style)
     ax.set(xscale="log", yscale="log", xlabel="inner steps K", ylabel="‖g − ∇F‖ / ‖∇F‖",
-           title="Meta-gradient error vs inner steps (quadratic)")
+           title="Meta-gradient error vs inner steps K, quadratic"
+           + _settings(rows, ("nu", "ν"), ("lam", "λ")))
+    if not exact.empty and not estimators.empty:
+        # The exact gradient sits at float64 roundoff (~1e-16): drawing it would stretch the
+        # axis over many decades below every estimator. Clip at the estimators' floor; say so.
+        floor = estimators.groupby(["method", "inner_steps"])["value"].mean()
+        floor = floor[floor > 0].min()
+        if np.isfinite(floor):
+            ax.set_ylim(bottom=floor / 3)
+        ax.text(0.01, 0.01, f"exact (closed form) not drawn: error ≤ {exact['value'].max():.0e} at every K",
+                transform=ax.transAxes, fontsize=7, color="dimgray", va="bottom")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     return save(fig, out_dir, "gradcheck_error_vs_k", fmt)
@@ -84,17 +124,39 @@ def _outer_loss(frame: pd.DataFrame, out_dir: Path, fmt: str) -> Path | None:
     if rows.empty:
         return None
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.4, 7.0), sharex=True)
-    for label, group in _lines(rows[rows["metric"] == "suboptimality"]):
+    diverged: set[str] = set()
+    for label, group, style in _styled(rows[rows["metric"] == "suboptimality"]):
+        curve = aggregate(group, ["iteration"]).sort_values("iteration")["mean"].to_numpy(dtype=float)
+        if len(curve) > 1 and (not np.isfinite(curve[-1]) or curve[-1] > DIVERGED * max(curve[0], 1e-300)):
+            diverged.add(label)
+            label = f"{label} — diverges (F − F* = {curve[-1]:.0e} at the end)"
         positive = group.assign(value=group["value"].clip(lower=1e-16))
-        _band(top, aggregate(positive, ["iteration"]), "iteration", label)
-    for label, group in _lines(rows[rows["metric"] == "outer_loss"]):
-        _band(bottom, aggregate(group, ["iteration"]), "iteration", label)
+        _band(top, aggregate(positive, ["iteration"]), "iteration", label, **style)
+    kept: list[np.ndarray] = []
+    for label, group, style in _styled(rows[rows["metric"] == "outer_loss"]):
+        stats_frame = aggregate(group, ["iteration"])
+        if label not in diverged:
+            kept.append(stats_frame["mean"].to_numpy(dtype=float))
+        shown = label if label not in diverged else f"{label} (off scale ↑)"
+        _band(bottom, stats_frame, "iteration", shown, **style)
     if "f_star" in rows.columns and rows["f_star"].notna().any():
         for f_star in sorted(set(np.round(rows["f_star"].dropna().astype(float), 12))):
             bottom.axhline(f_star, color="black", linestyle="--", linewidth=1)
+            kept.append(np.array([f_star]))
         bottom.plot([], [], color="black", linestyle="--", label="F* (closed form)")
-    top.set(yscale="log", ylabel="F(θ_t) − F*", title="Meta-training on the quadratic")
+    if diverged and kept:
+        # A diverging method (Reptile at 3e10) would flatten every other line of this linear
+        # panel: clip to the converging ones; the log panel above shows the divergence.
+        finite = np.concatenate(kept)
+        finite = finite[np.isfinite(finite)]
+        if finite.size:
+            lo, hi = float(finite.min()), float(finite.max())
+            pad = 0.05 * (hi - lo) or 0.05 * abs(hi) or 1.0
+            bottom.set_ylim(lo - pad, hi + pad)
+    top.set(yscale="log", ylabel="F(θ_t) − F*",
+            title="Meta-training on the quadratic" + _settings(rows, ("nu", "ν"), ("lam", "λ")))
     bottom.set(xlabel="outer iteration", ylabel="F(θ_t)")
+    bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
     for ax in (top, bottom):
         ax.grid(True, which="both", alpha=0.3)
     top.legend(fontsize=7, ncol=2)
@@ -114,7 +176,7 @@ def _error_vs_nu(frame: pd.DataFrame, out_dir: Path, fmt: str) -> Path | None:
             for label, line in _lines(group, split=("lam",)):
                 _band(ax, aggregate(line, ["nu"]), "nu", f"K={int(k)}" + label.removeprefix(method))
         ax.set(xscale="log", yscale="log", xlabel="perturbation ν", ylabel="‖g − ∇F‖ / ‖∇F‖",
-               title=method)
+               title=method + _settings(subset, ("lam", "λ")))
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     return save(fig, out_dir, "gradcheck_error_vs_nu", fmt)
@@ -160,7 +222,7 @@ def _rates(frame: pd.DataFrame, out_dir: Path, fmt: str) -> Path | None:
             if {"slope", "slope_lo", "slope_hi", "theory_slope"} <= set(values.index):
                 label = (f"{label}: slope {values['slope']:.2f} [{values['slope_lo']:.2f}, "
                          f"{values['slope_hi']:.2f}], theory {values['theory_slope']:.2f}")
-            _band(ax, aggregate(group, ["x"]), "x", label)
+            _band(ax, aggregate(group, ["x"]), "x", label, **style_of(method))
         xlabel = "perturbation ν" if fit == "nu" else "inner precision δ"
         ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel="‖g − ∇F‖ / ‖∇F‖",
                title=f"error vs {'ν' if fit == 'nu' else 'δ (best ν)'} · {solver}")

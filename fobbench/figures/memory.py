@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.transforms import blended_transform_factory
 
-from fobbench.figures.common import SERIES_KEYS, aggregate, save, series
+from fobbench.figures.common import SERIES_KEYS, aggregate, save, series, style_of
 from fobbench.results.schema import HEAD_COLUMNS, PROVENANCE_COLUMNS, VALUE_COLUMNS
 
 METRIC = "peak_mib"
@@ -41,10 +41,11 @@ def _groups(frame: pd.DataFrame, x: str) -> list[tuple[str, pd.DataFrame]]:
 
 
 def _styles(frame: pd.DataFrame) -> tuple[dict[str, tuple[object, str]], dict[tuple[str, str], object]]:
-    """Colour and marker per method; line style per (measured_by, device_name), estimates dashed."""
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    """Colour and marker per method (:func:`style_of`); line style per (measured_by, device_name),
+    estimates dashed, when several kinds share the figure (else the method's own line style)."""
     methods = sorted(frame["method"].astype(str).unique())
-    by_method = {m: (colors[i % len(colors)], MARKERS[i % len(MARKERS)]) for i, m in enumerate(methods)}
+    # The fixed per-method colour and marker shared by every figure (figures.common.style_of).
+    by_method = {m: (style_of(m)["color"], style_of(m)["marker"]) for m in methods}
     measured = frame["measured_by"] if "measured_by" in frame else pd.Series("", index=frame.index)
     devices = frame["device_name"] if "device_name" in frame else pd.Series("", index=frame.index)
     kinds = sorted({(str(a), str(b)) for a, b in zip(measured, devices, strict=False)})
@@ -67,7 +68,8 @@ def _draw_one(frame: pd.DataFrame, x: str, title: str) -> plt.Figure:
         if not ok.empty:
             stats = aggregate(ok, [x]).sort_values(x)
             ax.plot(stats[x], stats["mean"], marker=marker, markersize=5, color=color, label=label,
-                    linestyle=by_kind.get(kind, "-"))
+                    linestyle=by_kind.get(kind, "-") if len(by_kind) > 1
+                    else style_of(str(rows["method"].iloc[0]))["linestyle"])
             if (stats["hi"] > stats["lo"]).any():
                 ax.fill_between(stats[x], stats["lo"], stats["hi"], color=color, alpha=0.2)
         if not oom.empty:

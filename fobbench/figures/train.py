@@ -20,8 +20,9 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import MaxNLocator
 
-from fobbench.figures.common import SERIES_KEYS, method_rank, save
+from fobbench.figures.common import SERIES_KEYS, method_rank, save, style_of
 from fobbench.stats import t_half_width
 
 LINE_KEYS = tuple(k for k in SERIES_KEYS if k != "measured_by")
@@ -135,18 +136,23 @@ def _accuracy_figure(group: pd.DataFrame, named: dict[str, object]) -> plt.Figur
     keys, shown = _line_keys(group)
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     overs = set()
+    variants: dict[str, int] = {}
     for values, line in group.groupby(keys, dropna=False, sort=True):
-        label = _label(dict(zip(keys, values if isinstance(values, tuple) else (values,), strict=False)),
-                       shown)
+        named_line = dict(zip(keys, values if isinstance(values, tuple) else (values,), strict=False))
+        label = _label(named_line, shown)
         curve = _curve(line).sort_values("iteration")
         overs.update(curve["over"])
-        drawn, = ax.plot(curve["iteration"], curve["mean"], marker="o", markersize=3, label=label)
+        method = str(named_line.get("method", ""))
+        style = {"markersize": 4, **style_of(method, variants.get(method, 0))}
+        variants[method] = variants.get(method, 0) + 1
+        drawn, = ax.plot(curve["iteration"], curve["mean"], label=label, **style)
         ax.fill_between(curve["iteration"], curve["mean"] - curve["half"], curve["mean"] + curve["half"],
                         color=drawn.get_color(), alpha=0.2, linewidth=0)
     ways = named.get("ways")
     if isinstance(ways, (int, float, np.integer)) and ways > 0:
         ax.axhline(1.0 / float(ways), color="grey", linestyle=":", linewidth=1, label="chance")
     ax.set_xlabel("meta-iteration")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # iterations are whole numbers
     ax.set_ylabel("held-out query accuracy after adaptation")
     band = " / ".join(sorted(overs)) or "tasks"
     ax.set_title(f"{_title(named)}\n(band: 95% interval over {band})", fontsize=10)

@@ -40,6 +40,7 @@ import os
 import re
 import time
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -258,6 +259,16 @@ def decode_png(data: bytes, size: int, resize: str = "lanczos") -> np.ndarray:
         return _ink(np.asarray(image.convert("L")) > 127, size, resize)
 
 
+def _read_entry(archive: zipfile.ZipFile, name: str, path: Path) -> bytes:
+    """One member's bytes; a damaged member (bad CRC, bad deflate data) is a one-line error."""
+    try:
+        return archive.read(name)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as error:
+        raise FobbenchError(
+            f"{path}: damaged entry {name} ({error}); download the zip again"
+        ) from None
+
+
 def _png_entries(source: Source) -> Iterator[tuple[re.Match[str], Callable[[], bytes]]]:
     """(name match, reader) for every PNG of a zip or folder source, in any order."""
     for path in source.paths:
@@ -270,7 +281,7 @@ def _png_entries(source: Source) -> Iterator[tuple[re.Match[str], Callable[[], b
                 for name in archive.namelist():
                     match = _PNG_NAME.search(name)
                     if match:
-                        yield match, (lambda n=name, a=archive: a.read(n))
+                        yield match, (lambda n=name, a=archive, p=path: _read_entry(a, n, p))
         else:
             for file in sorted(path.glob("*/character*/*.png")):
                 match = _PNG_NAME.search(file.as_posix())
@@ -294,9 +305,39 @@ def _decode_pngs(source: Source, size: int, resize: str, wanted: set[int] | None
             )
         if wanted is not None and cid not in wanted:
             continue
-        images[cid - 1, d] = decode_png(read(), size, resize)
+        data = read()
+        try:
+            images[cid - 1, d] = decode_png(data, size, resize)
+        except (OSError, ValueError, SyntaxError) as error:  # PIL: UnidentifiedImageError, truncated
+            raise FobbenchError(
+                f"{source.describe()}: {match.group(0)} is not a readable PNG ({error})"
+            ) from None
         seen[cid - 1, d] = True
         tick(1)
+
+
+def _npz_images(path: Path) -> np.ndarray:
+    """The ``images`` array of an Omniglot npz; anything else is "not an Omniglot npz".
+
+    Never loads pickles (``np.load``'s default ``allow_pickle=False``), and never suggests it:
+    numpy's own message for a non-npz file does, and that would run code from the file.
+    """
+    what = "not an Omniglot npz (expected a NumPy .npz archive with an 'images' array)"
+    try:
+        loaded = np.load(path)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        cause = "" if "pickle" in str(error) else f": {error}"
+        raise FobbenchError(f"{path}: {what}{cause}") from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise FobbenchError(f"{path}: {what}; it holds a single .npy array")
+    with loaded as npz:
+        if "images" not in npz.files:
+            raise FobbenchError(f"{path}: {what}; it holds {', '.join(npz.files) or 'nothing'}")
+        try:
+            return npz["images"]
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+            cause = "" if "pickle" in str(error) else f" ({error})"
+            raise FobbenchError(f"{path}: damaged 'images' array{cause}; download the npz again") from None
 
 
 def _decode_npz(source: Source, size: int, resize: str, wanted: set[int] | None,
@@ -304,11 +345,7 @@ def _decode_npz(source: Source, size: int, resize: str, wanted: set[int] | None,
     offset = 0
     for path, half in zip(source.paths, SPLITS, strict=True):
         expected = sum(count for h, _, count in ALPHABETS if h == half)
-        try:
-            with np.load(path) as npz:
-                white = npz["images"]
-        except (OSError, ValueError, KeyError) as error:
-            raise FobbenchError(f"cannot read Omniglot npz {path}: {error}") from None
+        white = _npz_images(path)
         if white.shape != (expected, DRAWERS, ORIGINAL_SIZE, ORIGINAL_SIZE):
             raise FobbenchError(
                 f"{path} holds images of shape {white.shape}, expected "

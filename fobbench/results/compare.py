@@ -10,8 +10,13 @@ depends on the metric's kind (:func:`kind_of`):
 - **noisy** metrics (wall-clock times, accuracy across seeds) need repeated samples on both
   sides and a statistical decision: the change must be significant (two-sided Mann–Whitney U
   with p < ``alpha``, or non-overlapping 95% t-intervals) *and* beyond ``factor`` (default
-  1.10, i.e. 10%). With fewer than two samples on a side the verdict is "same" and the note
-  says "insufficient samples".
+  1.10, i.e. 10%). With fewer than two samples on a side nothing can be decided: the verdict
+  is "insufficient samples" (not "same"; it does not fail the gate).
+
+Baseline points absent from NEW are "missing" and fail the gate unless allowed
+(:func:`failed`); when no point of BASE can be compared with NEW at all the comparison is
+refused (:func:`check_comparable`). A report written with :func:`write_csv` carries its own
+schema name, :data:`REPORT_SCHEMA`, so results readers recognise and skip it.
 
 Rows are matched by benchmark, method, point columns, metric, ``measured_by`` and device
 (plus the seed for deterministic metrics), and only within one ``config_hash``: rows of the
@@ -28,13 +33,14 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
 from fobbench.errors import FobbenchError
-from fobbench.results.schema import HEAD_COLUMNS, PROVENANCE_COLUMNS, VALUE_COLUMNS
+from fobbench.results.schema import HEAD_COLUMNS, PROVENANCE_COLUMNS, REPORT_SCHEMA, VALUE_COLUMNS
 from fobbench.stats import t_half_width
 
 KNOWN_INFO_COLUMNS = (
@@ -49,12 +55,17 @@ NON_POINT_COLUMNS = frozenset(
 )
 
 BETTER, WORSE, SAME, CHANGED = "better", "worse", "same", "changed"
+INSUFFICIENT = "insufficient samples"
 NOT_COMPARABLE, MISSING, NEW = "not comparable", "missing", "new"
-VERDICTS = (WORSE, CHANGED, BETTER, SAME, NOT_COMPARABLE, MISSING, NEW)
+VERDICTS = (WORSE, CHANGED, MISSING, BETTER, SAME, INSUFFICIENT, NOT_COMPARABLE, NEW)
 """Every verdict, in the order summaries list them."""
 
 FAILING = frozenset({WORSE, CHANGED})
-"""Verdicts that make ``fobbench compare`` exit with status 1."""
+"""Verdicts that always make ``fobbench compare`` exit with status 1 (``missing`` does too,
+unless ``--allow-missing``)."""
+
+COMPARED = frozenset({WORSE, CHANGED, BETTER, SAME, INSUFFICIENT})
+"""Verdicts of a point found on both sides with the same config hash."""
 
 DETERMINISTIC, NOISY = "deterministic", "noisy"
 LOWER, HIGHER, EITHER = "lower", "higher", "either"
@@ -370,7 +381,7 @@ def _judge(metric: str, base: _Group, new: _Group, factor: float, rtol: float, a
         return _by_direction(direction,
                              vn > vb), f"deterministic, differs beyond rtol {rtol:g} / atol {atol:g}"
     if len(b) < 2 or len(n) < 2:
-        return SAME, f"insufficient samples ({len(b)} vs {len(n)}): treated as same"
+        return INSUFFICIENT, f"{len(b)} vs {len(n)} samples: at least 2 per side are needed to decide"
     if base.device_names != new.device_names:
         return NOT_COMPARABLE, (
             f"timed on different hardware ({', '.join(sorted(base.device_names))} vs "
@@ -488,15 +499,43 @@ def counts(report: pd.DataFrame) -> dict[str, int]:
 def summary(report: pd.DataFrame) -> str:
     """One line: counts per verdict, e.g. ``1 worse, 40 same, 2 new (43 compared points)``."""
     tally = counts(report)
-    if not tally:
+    if not len(report):
         return "nothing to compare (no rows of the selected kinds)"
     parts = ", ".join(f"{n} {v}" for v, n in tally.items())
     return f"{parts} ({len(report)} rows)"
 
 
-def failed(report: pd.DataFrame) -> bool:
-    """True when any row is worse (or a direction-less metric changed)."""
-    return bool(report["verdict"].isin(FAILING).any())
+def failed(report: pd.DataFrame, allow_missing: bool = False) -> bool:
+    """True when any row is worse, a direction-less metric changed, or (unless
+    ``allow_missing``) a baseline point is missing from NEW."""
+    failing = FAILING if allow_missing else FAILING | {MISSING}
+    return bool(report["verdict"].isin(failing).any())
+
+
+def check_comparable(report: pd.DataFrame, base: pd.DataFrame, new: pd.DataFrame) -> None:
+    """Raise a one-line FobbenchError when not one point could be compared.
+
+    A gate that compared nothing has checked nothing: comparing gradcheck results with
+    memory results, or two runs whose every setting differs, is a mistake, not a pass.
+    """
+    if report["verdict"].isin(COMPARED).any():
+        return
+
+    def held(frame: pd.DataFrame) -> str:
+        names = sorted(frame["benchmark"].astype(str).unique()) if "benchmark" in frame else []
+        return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "") or "nothing"
+
+    why = "every shared point has another config hash" if (report["verdict"] == NOT_COMPARABLE).any() \
+        else "no point in common"
+    raise FobbenchError(f"nothing comparable ({why}): BASE holds {held(base)}; NEW holds {held(new)}")
+
+
+def write_csv(report: pd.DataFrame, path: Path | str) -> None:
+    """Write a report as CSV with ``schema`` = :data:`REPORT_SCHEMA` first, so that
+    ``plot``/``compare`` recognise it as a report (and skip it) when it lies among results."""
+    frame = report.copy()
+    frame.insert(0, "schema", REPORT_SCHEMA)
+    frame.to_csv(path, index=False)
 
 
 def format_value(value: float, unit: str = "") -> str:

@@ -35,6 +35,12 @@ SCHEMA = "fobbench.results/1"
 SCHEMA_PREFIX = "fobbench.results/"
 SUPPORTED_MAJOR = 1
 
+REPORT_SCHEMA = "fobbench.compare/1"
+"""Schema name in the first column of a ``fobbench compare --csv`` report (not a results file)."""
+REPORT_PREFIX = "fobbench.compare/"
+LEGACY_REPORT_HEAD = ("benchmark", "method", "point", "metric", "unit", "measured_by", "kind")
+"""First columns of compare reports written before they carried a schema column."""
+
 HEAD_COLUMNS = ("schema", "run_id", "benchmark", "method")
 VALUE_COLUMNS = ("metric", "value", "unit", "measured_by", "seed", "config_hash")
 PROVENANCE_COLUMNS = (
