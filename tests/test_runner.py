@@ -57,7 +57,7 @@ def test_a_failing_run_releases_its_locks_and_keeps_finished_points(tmp_path: Pa
         runner.execute(Demo(fail_after=4), tmp_path / "r")
     assert _unlocked(tmp_path / "r")
     runner.execute(Demo(), tmp_path / "r", resume=True)
-    assert len(read_results(tmp_path / "r" / "a.csv")) == 3 and len(read_results(tmp_path / "r" / "b.csv")) == 3
+    assert [len(read_results(tmp_path / "r" / f"{name}.csv")) for name in ("a", "b")] == [3, 3]
 
 
 def test_resume_names_the_folder_when_given_one_of_its_files(tmp_path: Path) -> None:

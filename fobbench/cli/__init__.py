@@ -6,13 +6,14 @@ user errors (bad options, bad ranges, bad files) into one line on stderr and exi
 
 from __future__ import annotations
 
+import shlex
 import sys
 
 import typer
 
 from fobbench.cli import compare, gradcheck, info, memory, plot, run, train  # noqa: F401  (registers)
 from fobbench.cli.app import app
-from fobbench.errors import FobbenchError
+from fobbench.errors import FobbenchError, Interrupted
 
 __all__ = ["app", "main"]
 
@@ -20,6 +21,13 @@ __all__ = ["app", "main"]
 def _fail(message: str, code: int = 2) -> None:
     sys.stderr.write(f"fobbench: error: {message.strip().splitlines()[0] if message.strip() else 'failed'}\n")
     sys.exit(code)
+
+
+def _interrupted(continue_args: list[str] | None) -> None:
+    """``fobbench: interrupted`` (and the command that continues the run, when one exists); exit 130."""
+    hint = f"; continue with: fobbench {shlex.join(continue_args)}" if continue_args else ""
+    sys.stderr.write(f"fobbench: interrupted{hint}\n")
+    sys.exit(130)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -30,9 +38,10 @@ def main(argv: list[str] | None = None) -> None:
         result = command.main(args=args or ["--help"], prog_name="fobbench", standalone_mode=False)
     except FobbenchError as error:
         _fail(str(error), error.exit_code)
+    except Interrupted as interrupted:
+        _interrupted(interrupted.continue_args(args))
     except KeyboardInterrupt:
-        sys.stderr.write("fobbench: interrupted\n")
-        sys.exit(130)
+        _interrupted(None)
     except Exception as error:
         # Click's usage errors (unknown option, bad value, missing argument): duck-typed so
         # this works with typer's vendored click and with the standalone package alike.
@@ -40,5 +49,5 @@ def main(argv: list[str] | None = None) -> None:
             _fail(error.format_message(), getattr(error, "exit_code", 2) or 2)
         raise
     if result == 130:  # click turns Ctrl-C into this return value outside standalone mode
-        sys.stderr.write("fobbench: interrupted\n")
+        _interrupted(None)
     sys.exit(result if isinstance(result, int) else 0)

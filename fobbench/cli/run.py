@@ -19,7 +19,7 @@ from rich.table import Table
 from fobbench import suites
 from fobbench.cli import options
 from fobbench.cli.app import app
-from fobbench.errors import FobbenchError
+from fobbench.errors import FobbenchError, Interrupted
 from fobbench.experiments import runner
 from fobbench.progress import console, out, progress, table_console
 from fobbench.results.store import run_stamp
@@ -119,19 +119,10 @@ def run(
             "or choose another --out"
         )
     started = time.perf_counter()
-    with progress(quiet) as bar:
-        task = bar.add_task(f"suite {suite_file.stem}", total=len(selected))
-        records = []
-        for number, point in enumerate(selected, start=1):
-            bar.update(task, description=f"{point.run} {point.label}")
-            records.append(_run_point(suite, root, point, outputs[point.index], resume, verbose))
-            if not quiet:
-                _, status, seconds, _ = records[-1]
-                console.print(
-                    f"[{number}/{len(selected)}] {point.run} {point.label}: {status} in {seconds:.1f} s",
-                    soft_wrap=True, markup=False, highlight=False,
-                )
-            bar.advance(task)
+    try:
+        records = _run_points(suite, root, selected, outputs, resume, verbose, quiet, suite_file.stem)
+    except (KeyboardInterrupt, Interrupted):
+        raise Interrupted(suite_out=root_dir) from None  # finished points resume as they are
     table_console().print(_summary(records, f"fobbench run {suite_file}{shard_text}"))
     failed = sum(1 for _, status, _, _ in records if status != "ok")
     out.print(
@@ -143,6 +134,25 @@ def run(
 
 PointRecord = tuple[suites.Point, str, float, Path]
 """(point, status, seconds, output) of one point run by a suite."""
+
+
+def _run_points(suite: suites.Suite, root: Any, selected: Sequence[suites.Point], outputs: dict[int, Path],
+                resume: bool, verbose: bool, quiet: bool, name: str) -> list[PointRecord]:
+    """Run the selected points in order under one progress display; one status line each."""
+    records: list[PointRecord] = []
+    with progress(quiet) as bar:
+        task = bar.add_task(f"suite {name}", total=len(selected))
+        for number, point in enumerate(selected, start=1):
+            bar.update(task, description=f"{point.run} {point.label}")
+            records.append(_run_point(suite, root, point, outputs[point.index], resume, verbose))
+            if not quiet:
+                _, status, seconds, _ = records[-1]
+                console.print(
+                    f"[{number}/{len(selected)}] {point.run} {point.label}: {status} in {seconds:.1f} s",
+                    soft_wrap=True, markup=False, highlight=False,
+                )
+            bar.advance(task)
+    return records
 
 
 def _run_point(suite: suites.Suite, root: Any, point: suites.Point, output: Path, resume: bool,

@@ -23,7 +23,7 @@ from typing import Protocol
 
 import pandas as pd
 
-from fobbench.errors import FobbenchError
+from fobbench.errors import FobbenchError, Interrupted
 from fobbench.progress import progress
 from fobbench.results import Measurement, ResultWriter, read_results
 
@@ -222,6 +222,9 @@ def execute(experiment: Experiment, path: Path, resume: bool = False, quiet: boo
                     continue
                 sink.write(item)
                 bar.update(task, advance=item.advance)
+    except KeyboardInterrupt:
+        # Every finished point is on disk: say how to continue (the CLI prints it, exit 130).
+        raise Interrupted(resume=Path(path)) from None
     finally:
         for writer in writers.values():
             writer.close()
