@@ -534,3 +534,20 @@ def validate(suite: Suite, root: Any, points: Sequence[Point], out_dir: Path) ->
 def describe(point: Point, args: Sequence[str]) -> str:
     """``#3 memory-seq seq-128: fobbench memory ...`` (the dry-run line)."""
     return f"#{point.index} {point.run} {point.label}: fobbench {shlex.join(args)}"
+
+
+def value_error(suite: Suite, point: Point, message: str) -> SuiteError:
+    """A command's one-line error about a point's value, placed at the key that holds it.
+
+    The key is the option the message names (``--seq: ...``, ``--lam (λ) must be ...``); a
+    message that names none points at the run's ``[run.options]`` table.
+    """
+    spec = next(r for r in suite.runs if r.name == point.run)
+    first = message.strip().splitlines()[0] if message.strip() else "bad value"
+    named = [(key, value) for key, value in point.options
+             if re.search(rf"(?<![\w-]){re.escape(_option_name(key))}(?![\w-])", first)]
+    if not named:
+        return suite.error(first, spec.index, ("options",))
+    key, value = named[0]
+    where = ("sweep", "values") if key == spec.sweep_option else ("options", key)
+    return suite.error(f"{first} (value {value!r})", spec.index, where)

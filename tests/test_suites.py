@@ -199,12 +199,12 @@ def test_shipped_suites_shard_exactly(name: str, cli) -> None:
 
 
 FAILING = """\
-description = "one point fails on bad input, the other runs"
+description = "one point fails when it starts (its data are missing), the other runs"
 
 [[run]]
 name = "bad-train"
-command = "train mnist1d"
-options = { num_samples = 60, iterations = 1 }
+command = "train omniglot"
+options = { data_dir = "/nonexistent/omniglot", iterations = 1 }
 
 [[run]]
 name = "lam"
@@ -221,10 +221,49 @@ def test_a_failing_point_is_reported_and_the_rest_still_runs(tmp_path: Path, cli
     assert (out / "lam" / "all" / "lambda.csv").is_file()
     assert not (out / "bad-train" / "all.csv").exists()
     log = (out / "bad-train" / "all.log").read_text()
-    assert "num-samples" in log and "exit 2" in log
+    assert "/nonexistent/omniglot" in log and "exit 2" in log
     assert "1 ok, 1 failed" in stdout
     # a second run into the same folder is refused up front, unless resumed
     code, _, err = cli("run", str(path), "--out", str(out))
     assert code == 2 and "already exists" in err and "--resume" in err
     code, _, _ = cli("run", str(path), "--out", str(out), "--resume")
     assert code == 1  # the bad point is still bad; the finished one resumes with nothing to do
+
+
+BAD_VALUE_LATER = """\
+description = "the second run has a bad range: nothing may run"
+
+[[run]]
+name = "lam"
+command = "gradcheck"
+options = { experiments = "lambda", lam_grid = "0.5,2", dim = 4, tasks = 2 }
+
+[[run]]
+name = "mem"
+command = "memory"
+[run.options]
+arch = "transformer"
+d_model = 16
+seq = "32,"
+"""
+
+
+@pytest.mark.parametrize(("bad", "key", "needle"), [
+    ('seq = "32,"', "options.seq", "--seq"),
+    ('seq = "512..32"', "options.seq", "--seq"),
+    ('lam = -1.0', "options.lam", "--lam"),
+    ('methods = ["maml", "exact"]', "options.methods", "gradcheck-only"),
+])
+def test_every_value_of_every_run_is_checked_before_the_first_run(tmp_path: Path, cli, bad: str, key: str,
+                                                                  needle: str) -> None:
+    path = write(tmp_path, BAD_VALUE_LATER.replace('seq = "32,"', bad))
+    out = tmp_path / "out"
+    code, _, err = cli("run", str(path), "--out", str(out))
+    lines = err.strip().splitlines()
+    line = 1 + path.read_text().splitlines().index(bad)
+    assert code == 2 and len(lines) == 1, err
+    assert lines[0].startswith(f"fobbench: error: {path}:{line}: [[run]] #2 'mem' key '{key}': ")
+    assert needle in lines[0]
+    assert not out.exists()  # the first run did not start
+    code, _, err = cli("run", str(path), "--dry-run")
+    assert code == 2 and f"{path}:{line}:" in err

@@ -155,8 +155,12 @@ def gradcheck(
     runner.carry_out(plan(options.resolve_aliases(dict(locals()), ALIASES)))
 
 
-def plan(p: Mapping[str, Any]) -> runner.Plan:
-    """The runner's plan of ``fobbench gradcheck`` from its option values (by parameter name)."""
+def plan(p: Mapping[str, Any], check_only: bool = False) -> runner.Plan:
+    """The runner's plan of ``fobbench gradcheck`` from its option values (by parameter name).
+
+    Every value is checked here, before anything runs (``check_only``: nothing else differs;
+    ``fobbench run`` checks a whole suite this way).
+    """
     folder, resuming = runner.destination(p["out_dir"], p["resume"], experiment.default_out)
     config = experiment.GradcheckConfig(
         experiments=experiment.parse_experiments(p["experiments"]),

@@ -155,8 +155,13 @@ def _choice(value: object) -> str:
     return str(getattr(value, "value", value))
 
 
-def plan(p: Mapping[str, Any]) -> runner.Plan:
-    """The runner's plan of ``fobbench memory`` from its option values (by parameter name)."""
+def plan(p: Mapping[str, Any], check_only: bool = False) -> runner.Plan:
+    """The runner's plan of ``fobbench memory`` from its option values (by parameter name).
+
+    Every value is checked here, before anything runs. ``check_only`` (``fobbench run``
+    checking a whole suite) skips what is a fact of the machine, not of the values: whether
+    a CUDA device is present is checked when the point starts.
+    """
     arch, device = _choice(p["arch"]), _choice(p["device"])
     if p["estimate"] and device == "cuda":
         raise FobbenchError(
@@ -179,7 +184,7 @@ def plan(p: Mapping[str, Any]) -> runner.Plan:
     chosen = parse_methods(p["methods"], "--methods", allow_exact=False)
     sweep, points = experiment.sweep_points(arch, _sizes(arch, p["channels"], p["d_model"], p["seq"]))
     settings.check(points)
-    if backend == "cuda":
+    if backend == "cuda" and not check_only:
         from fobbench.measure.cuda import require_cuda
 
         require_cuda()

@@ -30,22 +30,49 @@ def default_out(suite_path: Path) -> Path:
     return Path("results") / "suites" / f"{suite_path.stem}-{run_stamp()}"
 
 
-def _planners() -> dict[tuple[str, ...], Callable[[dict[str, Any]], runner.Plan]]:
+Planner = Callable[..., runner.Plan]
+"""``planner(values, check_only=False) -> Plan`` of one command."""
+
+
+def _planners() -> dict[tuple[str, ...], Planner]:
     """Command words -> the command's plan built from typed option values (aliases resolved)."""
     from fobbench.cli import gradcheck, memory, train
 
-    def with_aliases(plan: Callable[[dict[str, Any]], runner.Plan], aliases: Sequence[options.Alias]
-                     ) -> Callable[[dict[str, Any]], runner.Plan]:
-        return lambda values: plan(options.resolve_aliases(values, aliases))
+    def with_aliases(plan: Planner, aliases: Sequence[options.Alias]) -> Planner:
+        return lambda values, check_only=False: plan(options.resolve_aliases(values, aliases), check_only)
 
     return {
         ("gradcheck",): with_aliases(gradcheck.plan, gradcheck.ALIASES),
         ("memory",): with_aliases(memory.plan, memory.ALIASES),
         ("train", "mnist1d"): with_aliases(
-            lambda v: train.plan(v, "train.mnist1d", train.mnist1d_problem), train.ALIASES),
+            lambda v, c: train.plan(v, "train.mnist1d", train.mnist1d_problem, c), train.ALIASES),
         ("train", "omniglot"): with_aliases(
-            lambda v: train.plan(v, "train.omniglot", train.omniglot_problem), train.ALIASES),
+            lambda v, c: train.plan(v, "train.omniglot", train.omniglot_problem, c), train.ALIASES),
     }
+
+
+def check_values(suite: suites.Suite, root: Any, points: Sequence[suites.Point], outputs: dict[int, Path],
+                 resume: bool) -> None:
+    """Check every value of every point with its command's own plan, before anything runs.
+
+    The parser has already checked names and types (:func:`suites.validate`); this checks
+    what the command checks before running: ranges, method names, settings, sizes.
+
+    Raises:
+        suites.SuiteError: ``FILE:LINE: [[run]] #N 'name': key 'options.seq': message`` at the
+            first bad value.
+    """
+    planners = _planners()
+    for point in points:
+        planner = planners.get(point.command)
+        if planner is None:
+            continue
+        output = outputs[point.index]
+        values = suites.values(suite, root, point, output, resume=resume and output.exists())
+        try:
+            planner(values, check_only=True)
+        except FobbenchError as error:
+            raise suites.value_error(suite, point, str(error)) from None
 
 
 def execute_point(words: Sequence[str], values: dict[str, Any], verbose: bool) -> tuple[int, str]:
@@ -103,6 +130,8 @@ def run(
     root_dir = out_dir if out_dir is not None else default_out(suite_file)
     root = typer.main.get_command(app)
     args_of = suites.validate(suite, root, selected, root_dir)
+    outputs = {p.index: suites.output(suite, root, p, root_dir) for p in selected}
+    check_values(suite, root, selected, outputs, resume)
     shard_text = f", shard {shard}: {len(selected)}" if shard is not None else ""
     if dry_run:
         out.print(f"suite {suite_file}: {len(points)} points{shard_text}; out {root_dir}", soft_wrap=True)
@@ -111,7 +140,6 @@ def run(
                       highlight=False)
         raise typer.Exit(0)
 
-    outputs = {p.index: suites.output(suite, root, p, root_dir) for p in selected}
     existing = [path for path in outputs.values() if path.exists()]
     if existing and not resume:
         raise FobbenchError(

@@ -76,8 +76,8 @@ ALIASES = (options.alias("--k", int), options.alias("--outer-lr", float), option
 """Old spellings accepted (hidden, with a deprecation note)."""
 
 
-def _config(p: Mapping[str, Any]) -> experiment.TrainConfig:
-    """The training settings from the option values."""
+def _config(p: Mapping[str, Any], check_only: bool = False) -> experiment.TrainConfig:
+    """The training settings from the option values (``check_only``: see :func:`plan`)."""
     chosen = parse_methods(p["methods"] or p["method"], "--methods" if p["methods"] else "--method",
                            allow_exact=False)
     inner = InnerConfig(steps=p["inner_steps"], lr=p["inner_lr"], lam=p["lam"],
@@ -88,7 +88,9 @@ def _config(p: Mapping[str, Any]) -> experiment.TrainConfig:
         methods=tuple(dict.fromkeys(chosen)), estimator=estimator, seeds=parse_seeds(str(p["seeds"])),
         iterations=p["iterations"], meta_batch=p["meta_batch"], meta_lr=p["meta_lr"], outer=p["outer"],
         eval_every=p["eval_every"], eval_tasks=p["eval_tasks"], checkpoint_every=p["checkpoint_every"],
-        chunk_size=p["chunk_size"], batching=p["batching"], device=p["device"],
+        chunk_size=p["chunk_size"], batching=p["batching"],
+        # whether a CUDA device is present is a fact of the machine: checked when the run starts
+        device="cpu" if check_only and p["device"] == "cuda" else p["device"],
     )
 
 
@@ -125,14 +127,37 @@ def _show(path: Path) -> None:
               "query for MAML); wall: seconds of the run's wall time with evaluations.")
 
 
-def plan(p: Mapping[str, Any], benchmark: str, problem: Callable[[Mapping[str, Any]], FewShotProblem]
-         ) -> runner.Plan:
-    """The runner's plan of a ``train`` command from its option values (by parameter name)."""
+def _check_task_shape(p: Mapping[str, Any]) -> None:
+    """The task-shape values a problem checks when it loads its data, checked without the data."""
+    for option, key, low in (("--ways", "ways", 2), ("--shots", "shots", 1), ("--queries", "queries", 1),
+                             ("--num-samples", "num_samples", 100), ("--image-size", "image_size", 4)):
+        value = p.get(key)
+        if value is not None and (not isinstance(value, int) or value < low):
+            raise FobbenchError(f"{option} must be an integer >= {low} (got {value})")
+    if "split" in p:
+        from fobbench.problems.omniglot import SPLIT_NAMES
+
+        if p["split"] not in SPLIT_NAMES:
+            raise FobbenchError(f"--split: unknown Omniglot split '{p['split']}' "
+                                f"(choose from {', '.join(SPLIT_NAMES)})")
+
+
+def plan(p: Mapping[str, Any], benchmark: str, problem: Callable[[Mapping[str, Any]], FewShotProblem],
+         check_only: bool = False) -> runner.Plan:
+    """The runner's plan of a ``train`` command from its option values (by parameter name).
+
+    ``check_only`` (``fobbench run`` checking a whole suite before its first run) checks
+    every value without loading data or touching a device: the plan it returns has no
+    problem and must not be carried out.
+    """
     check_format(p["fmt"])
-    config = _config(p)
+    config = _config(p, check_only)
     if p["threads"] is not None and p["threads"] < 1:
         raise FobbenchError(f"--threads must be >= 1 (got {p['threads']})")
     path, resuming = runner.destination(p["out_file"], p["resume"], lambda: default_path(benchmark))
+    if check_only:
+        _check_task_shape(p)
+        return runner.Plan(experiment.TrainRun(None, config, benchmark), Path(path), resuming)  # type: ignore[arg-type]
 
     def show(files: runner.RunFiles) -> None:
         written = files.paths[""]
