@@ -129,3 +129,39 @@ def test_an_npz_without_images_says_what_it_holds(tmp_path: Path) -> None:
         np.savez(tmp_path / f"{half}.npz", labels=np.zeros(3))
     with pytest.raises(FobbenchError, match="not an Omniglot npz .*; it holds labels"):
         od.decode(od.find_source(tmp_path, "npz"), char_ids=[1])
+
+
+# --- every command checks its output before the expensive work ------------------------------
+
+
+def test_train_fails_on_its_out_before_generating_data(cli, tmp_path: Path, monkeypatch) -> None:
+    from fobbench.cli import train
+
+    def no_data(p: object) -> None:
+        raise AssertionError("the data were generated before --out was checked")
+
+    monkeypatch.setattr(train, "mnist1d_problem", no_data)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, _, err = cli("train", "mnist1d", "--iterations", "1", "--quiet", "--out", str(blocker / "r.csv"))
+    assert code == 2 and err.count("\n") == 1
+    assert f"--out: {blocker / 'r.csv'} cannot be created: {blocker} is a file" in err
+
+
+def test_plot_checks_its_out_before_reading(cli, tmp_path: Path, monkeypatch) -> None:
+    from fobbench.cli import plot
+
+    monkeypatch.setattr(plot, "collect", lambda *a, **k: (_ for _ in ()).throw(AssertionError("read first")))
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, _, err = cli("plot", str(tmp_path), "--out", str(blocker / "figs"))
+    assert code == 2 and err.count("\n") == 1 and f"--out: {blocker / 'figs'} cannot be created" in err
+
+
+@pytest.mark.parametrize("option", ["--markdown", "--csv"])
+def test_compare_checks_its_report_files_before_comparing(cli, tmp_path: Path, option: str) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    missing = tmp_path / "absent"  # were the results read first, this would be the error
+    code, _, err = cli("compare", str(missing), str(missing), option, str(blocker / "report"))
+    assert code == 2 and err.count("\n") == 1 and err.startswith(f"fobbench: error: {option}: ")

@@ -15,6 +15,7 @@ from rich.table import Table
 
 from fobbench.cli.app import app
 from fobbench.errors import FobbenchError
+from fobbench.paths import check_writable_file
 from fobbench.progress import console, out, table_console
 from fobbench.results import compare as comparison
 from fobbench.results import read_results
@@ -103,6 +104,8 @@ def compare(
     for option, path in (("--markdown", markdown), ("--csv", csv)):
         if path is not None and path.is_dir():
             raise FobbenchError(f"{option}: {path} is a folder; give a file name")
+        if path is not None:
+            check_writable_file(path, option)  # before reading and comparing anything
     base_frame = read_results(base)
     new_frame = read_results(new)
     report = comparison.run(base_frame, new_frame, factor=factor, rtol=rtol, atol=atol, alpha=alpha,

@@ -17,7 +17,7 @@ from fobbench.errors import FobbenchError
 from fobbench.estimators import hyperparameter_help, names, parse_methods
 from fobbench.experiments import gradcheck as experiment
 from fobbench.experiments import runner
-from fobbench.paths import figure_dir
+from fobbench.paths import check_writable_dir, figure_dir
 from fobbench.progress import console, out, print_figures
 from fobbench.ranges import parse_range, parse_seeds
 
@@ -162,6 +162,8 @@ def plan(p: Mapping[str, Any], check_only: bool = False) -> runner.Plan:
     ``fobbench run`` checks a whole suite this way).
     """
     folder, resuming = runner.destination(p["out_dir"], p["resume"], experiment.default_out)
+    if not (resuming and Path(folder).is_file()):  # a CSV given to --resume: the runner names the folder
+        check_writable_dir(folder, "--resume" if resuming else "--out")
     config = experiment.GradcheckConfig(
         experiments=experiment.parse_experiments(p["experiments"]),
         methods=tuple(parse_methods(p["methods"])),

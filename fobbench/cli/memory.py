@@ -19,7 +19,7 @@ from fobbench.estimators import BATCHING, hyperparameter_help, names, parse_meth
 from fobbench.experiments import memory as experiment
 from fobbench.experiments import runner
 from fobbench.figures.common import FORMATS
-from fobbench.paths import figure_dir
+from fobbench.paths import check_writable_file, figure_dir
 from fobbench.progress import console, out, print_figures
 from fobbench.ranges import parse_range, parse_seeds
 from fobbench.results import default_path, read_results
@@ -189,6 +189,7 @@ def plan(p: Mapping[str, Any], check_only: bool = False) -> runner.Plan:
 
         require_cuda()
     path, resuming = runner.destination(p["out_file"], p["resume"], lambda: default_path(settings.benchmark))
+    check_writable_file(path, "--resume" if resuming else "--out")
     kind = {"cpu": "CPU live tensors", "cuda": "CUDA max_memory_allocated",
             "estimate": "ESTIMATE (meta device)"}
 

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from fobbench.cli.app import app
 from fobbench.figures.common import FORMATS
-from fobbench.paths import figure_dir
+from fobbench.paths import check_writable_dir, figure_dir
 from fobbench.plot import collect, draw_all
 from fobbench.progress import console, out, print_figures, table_console
 
@@ -36,6 +36,7 @@ def plot(
     measured differently (measured_by, device) are never merged into one line.
     """
     out_dir = figure_dir(path) if out_dir is None else out_dir
+    check_writable_dir(out_dir, "--out")  # before reading and drawing anything
     frame = collect(path, exclude=out_dir)
     report = draw_all(frame, out_dir, fmt)
     table = Table(title=f"fobbench plot {path}", title_justify="left")

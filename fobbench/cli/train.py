@@ -21,7 +21,7 @@ from fobbench.experiments import train as experiment
 from fobbench.figures import train as figures
 from fobbench.figures.common import check_format
 from fobbench.inner import InnerConfig
-from fobbench.paths import figure_dir
+from fobbench.paths import check_writable_file, figure_dir
 from fobbench.problems.base import FewShotProblem
 from fobbench.progress import console, out, print_figures
 from fobbench.ranges import parse_seeds
@@ -155,6 +155,7 @@ def plan(p: Mapping[str, Any], benchmark: str, problem: Callable[[Mapping[str, A
     if p["threads"] is not None and p["threads"] < 1:
         raise FobbenchError(f"--threads must be >= 1 (got {p['threads']})")
     path, resuming = runner.destination(p["out_file"], p["resume"], lambda: default_path(benchmark))
+    check_writable_file(path, "--resume" if resuming else "--out")  # before any data are generated
     if check_only:
         _check_task_shape(p)
         return runner.Plan(experiment.TrainRun(None, config, benchmark), Path(path), resuming)  # type: ignore[arg-type]
