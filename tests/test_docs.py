@@ -5,9 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import typer
-
-from fobbench.cli import app
+from fobbench.cli import load_commands
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -30,7 +28,7 @@ def test_set_up_is_two_single_line_commands_pinning_the_torch_ci_installs() -> N
 
 
 def _default(command: list[str], option: str) -> object:
-    click_command = typer.main.get_command(app)
+    click_command = load_commands()
     for name in command:
         click_command = click_command.commands[name]  # type: ignore[attr-defined]
     (param,) = [p for p in click_command.params if option in p.opts]

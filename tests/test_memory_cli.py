@@ -150,3 +150,22 @@ def test_figure_marks_oom_points_and_splits_measurement_kinds(tmp_path: Path) ->
     assert captured["labels"].count("maml · cpu_dispatch_tracker") == 1
     assert captured["labels"].count("maml · estimate") == 1  # never merged into one line
     assert captured["markers"].count("x") == 2  # one OOM marker per series
+
+
+def test_threads_default_to_one_are_recorded_and_do_not_change_bytes(cli, tmp_path: Path) -> None:
+    before = torch.get_num_threads()
+    rows = {}
+    for threads in (None, 2):
+        out = tmp_path / f"mem-{threads}.csv"
+        extra = () if threads is None else ("--threads", str(threads))
+        code, _, stderr = cli("memory", *TINY, "--seq", "8", "--methods", "fomaml,fobmaml-sym",
+                              "--no-plot", "--out", str(out), *extra)
+        assert code == 0, stderr
+        rows[threads] = read_results(out)
+    assert set(rows[None]["threads"].astype(str)) == {"1"} and set(rows[2]["threads"].astype(str)) == {"2"}
+    peak = {t: frame[frame["metric"] == "peak_bytes"].set_index("method")["value"]
+            for t, frame in rows.items()}
+    assert peak[None].equals(peak[2])
+    assert torch.get_num_threads() == before  # restored
+    code, _, stderr = cli("memory", *TINY, "--seq", "8", "--threads", "0")
+    assert code == 2 and "--threads must be >= 1" in stderr

@@ -134,6 +134,9 @@ def memory(
         "--out", help="Results CSV (default results/memory/<time>-<commit>.csv).")] = None,
     resume: Annotated[Path | None, typer.Option(
         "--resume", help="Continue this results CSV, skipping finished points.")] = None,
+    threads: Annotated[int, typer.Option(
+        "--threads", help="torch CPU threads. Bytes do not depend on it; 1 (the default) keeps a busy "
+        "machine fast (more threads contend with other processes).")] = 1,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
     no_plot: Annotated[bool, typer.Option("--no-plot", help="Do not draw figures beside the CSV.")] = False,
     fmt: Annotated[Fmt, typer.Option("--format", help="Figure format.")] = Fmt["png"],
@@ -163,6 +166,8 @@ def plan(p: Mapping[str, Any], check_only: bool = False) -> runner.Plan:
     a CUDA device is present is checked when the point starts.
     """
     arch, device = _choice(p["arch"]), _choice(p["device"])
+    if p["threads"] < 1:
+        raise FobbenchError(f"--threads must be >= 1 (got {p['threads']})")
     if p["estimate"] and device == "cuda":
         raise FobbenchError(
             "--estimate runs on the meta device and predicts CPU accounting; drop --device cuda"
@@ -203,4 +208,4 @@ def plan(p: Mapping[str, Any], check_only: bool = False) -> runner.Plan:
             print_figures(draw(read_results(path), figure_dir(path), _choice(p["fmt"])))
 
     spec = experiment.MemorySweep(settings, tuple(points), tuple(chosen), sweep, seeds)
-    return runner.Plan(spec, Path(path), resuming, p["quiet"], None, settings.benchmark, show)
+    return runner.Plan(spec, Path(path), resuming, p["quiet"], p["threads"], settings.benchmark, show)

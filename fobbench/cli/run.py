@@ -9,7 +9,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 import typer.main
@@ -18,19 +18,22 @@ from rich.table import Table
 
 from fobbench import suites
 from fobbench.cli import options
-from fobbench.cli.app import app
+from fobbench.cli.app import app, load_commands
 from fobbench.errors import FobbenchError, Interrupted
-from fobbench.experiments import runner
 from fobbench.progress import console, out, progress, table_console
-from fobbench.results.store import run_stamp
+
+if TYPE_CHECKING:  # the runner (pandas, results store) is imported when a point runs
+    from fobbench.experiments import runner
 
 
 def default_out(suite_path: Path) -> Path:
     """``results/suites/<suite>-<UTC stamp>-<commit>/``: a fresh folder per invocation."""
+    from fobbench.results.store import run_stamp
+
     return Path("results") / "suites" / f"{suite_path.stem}-{run_stamp()}"
 
 
-Planner = Callable[..., runner.Plan]
+Planner = Callable[..., "runner.Plan"]
 """``planner(values, check_only=False) -> Plan`` of one command."""
 
 
@@ -77,6 +80,8 @@ def check_values(suite: suites.Suite, root: Any, points: Sequence[suites.Point],
 
 def execute_point(words: Sequence[str], values: dict[str, Any], verbose: bool) -> tuple[int, str]:
     """Run one point through the runner: (exit code, one-line error or '')."""
+    from fobbench.experiments import runner
+
     planner = _planners().get(tuple(words))
     if planner is None:
         return 2, f"'fobbench {' '.join(words)}' cannot run in a suite"
@@ -128,7 +133,7 @@ def run(
     if shard is not None:
         selected = suites.shard(points, *suites.parse_shard(shard))
     root_dir = out_dir if out_dir is not None else default_out(suite_file)
-    root = typer.main.get_command(app)
+    root = load_commands()  # every command a suite may name
     args_of = suites.validate(suite, root, selected, root_dir)
     outputs = {p.index: suites.output(suite, root, p, root_dir) for p in selected}
     check_values(suite, root, selected, outputs, resume)
