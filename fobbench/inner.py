@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from fobbench.errors import FobbenchError
-from fobbench.params import Data, LossFn, Params, sq_norm, sub
+from fobbench.params import Data, LossFn, Params, sq_norm, sub, zeros_like
 
 OPTIMIZERS = ("gd", "momentum", "adam")
 
@@ -70,9 +70,12 @@ def proximal_objective(
 
 
 def _objective_grad(
-    phi: Params, theta: Params, loss: LossFn, support: Data, query: Data, v: float, lam: float
+    phi: Params, delta: Params, loss: LossFn, support: Data, query: Data, v: float, lam: float
 ) -> Params:
-    """∇_φ of :func:`proximal_objective`, functionally (vmappable and differentiable).
+    """∇_φ of :func:`proximal_objective` at φ = θ + Δ, functionally (vmappable, differentiable).
+
+    ``delta`` is Δ = φ − θ, held apart from φ so that the proximal term λΔ keeps Δ's
+    precision (see :func:`solve_displacement`).
 
     The two data terms are differentiated one after the other, so only one data set's
     activations are alive at a time: a perturbed solve (FO-B-MAML) then peaks like an
@@ -82,13 +85,13 @@ def _objective_grad(
     if v != 0.0:
         query_grad = torch.func.grad(loss)(phi, query)
         grad = {n: grad[n] + v * query_grad[n] for n in grad}
-    return {n: grad[n] + lam * (phi[n] - theta[n]) for n in grad}
+    return {n: grad[n] + lam * delta[n] for n in grad}
 
 
 def _objective_grad_in_place(
-    phi: Params, theta: Params, loss: LossFn, support: Data, query: Data, v: float, lam: float
+    phi: Params, delta: Params, loss: LossFn, support: Data, query: Data, v: float, lam: float
 ) -> Params:
-    """∇_φ of :func:`proximal_objective` in one gradient buffer per parameter.
+    """∇_φ of :func:`proximal_objective` at φ = θ + Δ in one gradient buffer per parameter.
 
     ``phi`` holds leaf tensors that require grad. Each data term is backpropagated on its
     own and autograd adds the query gradient into the support gradient (``.grad``) tensor by
@@ -105,7 +108,7 @@ def _objective_grad_in_place(
         for n, p in phi.items():
             g = p.grad if p.grad is not None else torch.zeros_like(p)
             p.grad = None
-            grad[n] = g.add_(p - theta[n], alpha=lam)
+            grad[n] = g.add_(delta[n], alpha=lam)
     return grad
 
 
@@ -171,40 +174,60 @@ def loss_gradient(loss: LossFn, params: Params, data: Data) -> Params:
 def _solve_functional(
     theta: Params, loss: LossFn, support: Data, query: Data, v: float, config: InnerConfig
 ) -> Params:
-    phi, state = dict(theta), _initial_state(theta, config)
+    delta, state = zeros_like(theta), _initial_state(theta, config)
     for step in range(1, config.steps + 1):
-        grad = _objective_grad(phi, theta, loss, support, query, v, config.lam)
-        updated = {n: _update(phi[n], grad[n], state[n], step, config) for n in phi}
-        phi = {n: value for n, (value, _) in updated.items()}
+        phi = {n: theta[n] + delta[n] for n in theta}
+        grad = _objective_grad(phi, delta, loss, support, query, v, config.lam)
+        updated = {n: _update(delta[n], grad[n], state[n], step, config) for n in delta}
+        delta = {n: value for n, (value, _) in updated.items()}
         state = {n: buffers for n, (_, buffers) in updated.items()}
-    return phi
+    return delta
 
 
 def _solve_in_place(
     theta: Params, loss: LossFn, support: Data, query: Data, v: float, config: InnerConfig
 ) -> Params:
+    delta = {n: torch.zeros_like(p) for n, p in theta.items()}
     phi = {n: p.detach().clone().requires_grad_() for n, p in theta.items()}
     state = _initial_state(theta, config)
     for step in range(1, config.steps + 1):
-        grad = _objective_grad_in_place(phi, theta, loss, support, query, v, config.lam)
+        grad = _objective_grad_in_place(phi, delta, loss, support, query, v, config.lam)
         with torch.no_grad():
             for n, p in phi.items():
-                _update_in_place(p, grad[n], state[n], step, config)
+                _update_in_place(delta[n], grad[n], state[n], step, config)
+                torch.add(theta[n], delta[n], out=p)
         del grad  # freed before the next step's backward allocates a new one
-    return {n: p.detach() for n, p in phi.items()}
+    return delta
+
+
+def solve_displacement(
+    theta: Params, loss: LossFn, support: Data, query: Data, v: float, config: InnerConfig
+) -> Params:
+    """K optimizer steps on the proximal objective from Δ₀ = 0; returns Δ_K = φ_K − θ.
+
+    The iterates are the displacement Δ = φ − θ and the model is evaluated at θ + Δ, so Δ
+    is stored to its own relative precision (eps·‖Δ‖) instead of θ's (eps·‖θ‖): the
+    digits a finite difference of two solutions needs (FO-B-MAML's Δ₊ − Δ₋, ~ν·‖∇f‖/λ)
+    survive in float32. The steps are those of ``solve`` (every optimizer here is
+    shift-invariant: a step depends on the gradient only), so θ + Δ_K is φ_K up to rounding.
+
+    Pure and differentiable in θ inside torch.func transforms (MAML differentiates through
+    it, vmap batches it over tasks) and whenever θ requires grad. Otherwise (a first-order
+    method's solve, one task at a time) the same steps run in place: Δ, the evaluation point
+    θ + Δ (a leaf that collects the gradient), one gradient buffer and the optimizer state.
+    """
+    if _needs_graph(theta):
+        return _solve_functional(theta, loss, support, query, v, config)
+    return _solve_in_place(theta, loss, support, query, v, config)
 
 
 def solve(
     theta: Params, loss: LossFn, support: Data, query: Data, v: float, config: InnerConfig
 ) -> Params:
-    """K optimizer steps on the proximal objective from φ₀ = θ; returns φ_K.
+    """K optimizer steps on the proximal objective from φ₀ = θ; returns φ_K = θ + Δ_K.
 
-    Pure and differentiable in θ inside torch.func transforms (MAML differentiates through
-    it, vmap batches it over tasks) and whenever θ requires grad. Otherwise (a first-order
-    method's solve, one task at a time) the same steps run in place on one copy of θ with
-    one gradient buffer, so the solve's working set is φ, ∇φ and one data set's
-    activations; both paths give the same iterates up to rounding.
+    See :func:`solve_displacement` (the iterates are Δ = φ − θ); differentiable in θ the
+    same way, so MAML backpropagates through it.
     """
-    if _needs_graph(theta):
-        return _solve_functional(theta, loss, support, query, v, config)
-    return _solve_in_place(theta, loss, support, query, v, config)
+    delta = solve_displacement(theta, loss, support, query, v, config)
+    return {n: theta[n] + delta[n] for n in theta}

@@ -32,7 +32,7 @@ def test_sequential_gradient_equals_autograd_of_the_objective(v: float) -> None:
     phi = {"x": theta["x"] + 0.1}
     query = (2 * a, -b)
     expected = torch.func.grad(proximal_objective)(phi, theta, loss, (a, b), query, v, 2.0)
-    got = _objective_grad(phi, theta, loss, (a, b), query, v, 2.0)
+    got = _objective_grad(phi, {"x": phi["x"] - theta["x"]}, loss, (a, b), query, v, 2.0)
     torch.testing.assert_close(got["x"], expected["x"], rtol=1e-12, atol=1e-12)
 
 

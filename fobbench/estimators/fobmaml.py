@@ -1,5 +1,9 @@
 """FO-B-MAML: finite differences of perturbed proximal solutions, eqs. (12) and (13).
 
+The solutions are taken as displacements Δ_v = φ_v − θ (:func:`~fobbench.inner.solve_displacement`),
+so −λ(φ_ν − φ_−ν)/(2ν) = −λ(Δ_ν − Δ_−ν)/(2ν) is formed from numbers stored to Δ's own
+precision: in float32 the rounding floor is ~eps·‖Δ‖/ν instead of ~eps·‖θ‖/ν.
+
 The two inner problems are solved one after the other. Summed over tasks (``loop``
 batching) each solution is added into the meta-gradient buffer as soon as it is solved,
 so only one solution is ever held; the per-task form keeps both and subtracts them.
@@ -8,32 +12,31 @@ so only one solution is ever held; the per-task form keeps both and subtracts th
 from __future__ import annotations
 
 from fobbench.estimators.base import EstimatorConfig, accumulates, register
-from fobbench.inner import solve
+from fobbench.inner import solve_displacement
 from fobbench.params import Data, LossFn, Params
 
 
-def _fold(total: Params, phi: Params, theta: Params, scale: float) -> None:
-    """total += scale·(φ − θ), in place. Both terms are taken relative to θ so that the
-    difference of the two solutions loses no more precision than subtracting them directly."""
+def _fold(total: Params, delta: Params, scale: float) -> None:
+    """total += scale·Δ, in place."""
     for name, value in total.items():
-        value.add_(phi[name] - theta[name], alpha=scale)
+        value.add_(delta[name], alpha=scale)
 
 
 def _difference(theta: Params, loss: LossFn, support: Data, query: Data, config: EstimatorConfig,
                 high: float, low: float) -> Params:
     """−λ(φ_high − φ_low)/(high − low): the finite difference of two perturbed solutions."""
     scale = -config.inner.lam / (high - low)
-    phi_high = solve(theta, loss, support, query, high, config.inner)
-    phi_low = solve(theta, loss, support, query, low, config.inner)
-    return {n: scale * (phi_high[n] - phi_low[n]) for n in theta}
+    delta_high = solve_displacement(theta, loss, support, query, high, config.inner)
+    delta_low = solve_displacement(theta, loss, support, query, low, config.inner)
+    return {n: scale * (delta_high[n] - delta_low[n]) for n in theta}
 
 
 def _difference_into(theta: Params, loss: LossFn, support: Data, query: Data, config: EstimatorConfig,
                      high: float, low: float, total: Params) -> None:
     """total += :func:`_difference`, one solution at a time."""
     scale = config.inner.lam / (high - low)
-    _fold(total, solve(theta, loss, support, query, high, config.inner), theta, -scale)
-    _fold(total, solve(theta, loss, support, query, low, config.inner), theta, scale)
+    _fold(total, solve_displacement(theta, loss, support, query, high, config.inner), -scale)
+    _fold(total, solve_displacement(theta, loss, support, query, low, config.inner), scale)
 
 
 @register("fobmaml-forward", "−λ(φ_ν − φ_0)/ν, eq. (12)", order="first")
