@@ -1,12 +1,14 @@
 """The one inner solver every method adapts with.
 
-All methods solve the same proximal inner problem (paper eq. 10)
+Under the ``proximal`` protocol all methods solve the same proximal inner problem (paper eq. 10)
 
     min_φ  v·f(φ) + f̂(φ) + λ/2 ‖φ − θ‖²
 
 with K steps of the same optimizer from φ₀ = θ, where f̂ is the train (support) loss and
 f the test (query) loss; v = 0 is the unperturbed problem (6). Differences between
-methods therefore come from the estimator, not from the set-up. The solver is pure and
+methods therefore come from the estimator, not from the set-up. Under the ``published``
+protocol MAML, FO-MAML, Reptile and ES-MAML solve it with λ = 0 (plain steps on f̂, as
+their authors ran them; see :mod:`fobbench.estimators.base`). The solver is pure and
 differentiable (MAML backpropagates through it) and vmappable over tasks.
 """
 
@@ -31,7 +33,10 @@ class InnerConfig:
     Attributes:
         steps: K, the number of inner steps (default 5, the paper's MNIST-1D/Omniglot value).
         lr: α, the inner step size (default 0.1).
-        lam: λ > 0, the proximal strength (default 2.0, the paper's value).
+        lam: λ ≥ 0, the proximal strength (default 2.0, the paper's value). λ = 0 is plain
+            gradient steps on f̂, the inner problem MAML, FO-MAML and Reptile were published
+            with; methods that need the proximal term (FO-B-MAML, iMAML) refuse it
+            (:func:`fobbench.estimators.base.method_config`).
         optimizer: ``gd`` (default), ``momentum`` (heavy ball) or ``adam``.
         momentum: β for ``momentum`` (default 0.9).
         betas: (β₁, β₂) for ``adam`` (default (0.9, 0.999)).
@@ -51,8 +56,8 @@ class InnerConfig:
             raise FobbenchError(f"inner steps K must be an integer >= 1 (got {self.steps})")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise FobbenchError(f"inner step size must be > 0 (got {self.lr})")
-        if not (self.lam > 0 and math.isfinite(self.lam)):
-            raise FobbenchError(f"lambda must be > 0 (got {self.lam})")
+        if not (self.lam >= 0 and math.isfinite(self.lam)):
+            raise FobbenchError(f"lambda must be >= 0 (got {self.lam})")
         if self.optimizer not in OPTIMIZERS:
             raise FobbenchError(
                 f"unknown inner optimizer '{self.optimizer}' (choose from {', '.join(OPTIMIZERS)})"

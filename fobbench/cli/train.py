@@ -42,6 +42,9 @@ InnerSteps = Annotated[int, typer.Option("--inner-steps", help="Inner steps K.")
 InnerOpt = Annotated[str, typer.Option("--inner-optimizer", help="Inner solver: gd, momentum or adam.")]
 Lam = Annotated[float, typer.Option("--lam", help="Proximal strength λ > 0 of the inner problem.")]
 Nu = Annotated[float, typer.Option("--nu", help="FO-B-MAML perturbation ν ≠ 0.")]
+InnerProtocol = Annotated[str, typer.Option(
+    "--inner-protocol", help="Inner problem: proximal (every method on f̂ + λ/2‖φ−θ‖²) or published "
+    "(MAML, FO-MAML, Reptile, ES-MAML on f̂ alone, λ = 0, as published; FO-B-MAML and iMAML keep λ).")]
 CgSteps = Annotated[int, typer.Option("--cg-steps", help="iMAML conjugate-gradient steps.")]
 EsSamples = Annotated[int, typer.Option("--es-samples", help="ES-MAML antithetic Gaussian directions.")]
 EsSigma = Annotated[float, typer.Option("--es-sigma", help="ES-MAML smoothing radius σ.")]
@@ -75,7 +78,8 @@ def _config(method: str, methods: str | None, **values: object) -> experiment.Tr
     inner = InnerConfig(steps=values.pop("inner_steps"), lr=values.pop("inner_lr"),  # type: ignore[arg-type]
                         lam=values.pop("lam"), optimizer=values.pop("inner_optimizer"))  # type: ignore[arg-type]
     estimator = EstimatorConfig(inner=inner, nu=values.pop("nu"), cg_steps=values.pop("cg_steps"),  # type: ignore[arg-type]
-                                es_samples=values.pop("es_samples"), es_sigma=values.pop("es_sigma"))  # type: ignore[arg-type]
+                                es_samples=values.pop("es_samples"), es_sigma=values.pop("es_sigma"),  # type: ignore[arg-type]
+                                inner_protocol=values.pop("inner_protocol"))  # type: ignore[arg-type]
     seeds = parse_seeds(str(values.pop("seeds")))
     return experiment.TrainConfig(methods=tuple(dict.fromkeys(names)), estimator=estimator, seeds=seeds,
                                   **values)  # type: ignore[arg-type]
@@ -158,6 +162,7 @@ def mnist1d(
     inner_optimizer: InnerOpt = "gd",
     lam: Lam = 2.0,
     nu: Nu = 0.1,
+    inner_protocol: InnerProtocol = "proximal",
     cg_steps: CgSteps = 5,
     es_samples: EsSamples = 16,
     es_sigma: EsSigma = 0.01,
@@ -192,7 +197,7 @@ def mnist1d(
 
     config = _config(method, methods, iterations=iterations, meta_batch=meta_batch, inner_lr=inner_lr,
                      meta_lr=meta_lr, inner_steps=inner_steps, inner_optimizer=inner_optimizer, lam=lam,
-                     nu=nu, cg_steps=cg_steps, es_samples=es_samples, es_sigma=es_sigma, outer=outer,
+                     nu=nu, inner_protocol=inner_protocol, cg_steps=cg_steps, es_samples=es_samples, es_sigma=es_sigma, outer=outer,
                      eval_every=eval_every, eval_tasks=eval_tasks, seeds=seeds,
                      checkpoint_every=checkpoint_every, chunk_size=chunk_size, batching=batching, device=device)
     _train(lambda: MNIST1DProblem(ways=ways, shots=shots, queries=queries, num_samples=num_samples),
@@ -214,6 +219,7 @@ def omniglot(
     inner_optimizer: InnerOpt = "gd",
     lam: Lam = 2.0,
     nu: Nu = 0.1,
+    inner_protocol: InnerProtocol = "proximal",
     cg_steps: CgSteps = 5,
     es_samples: EsSamples = 16,
     es_sigma: EsSigma = 0.01,
@@ -250,7 +256,7 @@ def omniglot(
 
     config = _config(method, methods, iterations=iterations, meta_batch=meta_batch, inner_lr=inner_lr,
                      meta_lr=meta_lr, inner_steps=inner_steps, inner_optimizer=inner_optimizer, lam=lam,
-                     nu=nu, cg_steps=cg_steps, es_samples=es_samples, es_sigma=es_sigma, outer=outer,
+                     nu=nu, inner_protocol=inner_protocol, cg_steps=cg_steps, es_samples=es_samples, es_sigma=es_sigma, outer=outer,
                      eval_every=eval_every, eval_tasks=eval_tasks, seeds=seeds,
                      checkpoint_every=checkpoint_every, chunk_size=chunk_size, batching=batching, device=device)
     _train(lambda: OmniglotProblem(data_dir=data_dir, ways=ways, shots=shots, queries=queries, split=split,

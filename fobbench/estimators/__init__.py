@@ -26,11 +26,13 @@ import torch
 from fobbench.errors import FobbenchError
 from fobbench.estimators import esmaml, exact, fobmaml, fomaml, imaml, maml, reptile  # noqa: F401
 from fobbench.estimators.base import (
+    PROTOCOLS,
     REGISTRY,
     Estimator,
     EstimatorConfig,
     accumulates,
     get,
+    method_config,
     parse_methods,
     register,
 )
@@ -39,7 +41,7 @@ from fobbench.params import Data, LossFn, Params, detached, zeros_like
 BATCHING = ("vmap", "loop")
 
 __all__ = [
-    "BATCHING", "REGISTRY", "Estimator", "EstimatorConfig", "MetaGradient", "accumulates", "get",
+    "BATCHING", "PROTOCOLS", "REGISTRY", "method_config", "Estimator", "EstimatorConfig", "MetaGradient", "accumulates", "get",
     "meta_gradient", "parse_methods", "per_task", "register",
 ]
 
@@ -100,6 +102,7 @@ def per_task(method: str, theta: Params, loss: LossFn, support: Data, query: Dat
         generator: seeds ES-MAML's Gaussian directions.
     """
     estimator = get(method)
+    config = method_config(estimator, config)
     if batching not in BATCHING:
         raise FobbenchError(f"unknown batching '{batching}' (choose from {', '.join(BATCHING)})")
     if chunk_size is not None and chunk_size < 1:
@@ -130,6 +133,7 @@ def meta_gradient(method: str, theta: Params, loss: LossFn, support: Data, query
     tasks = _task_count(support)
     if batching == "loop":
         estimator = get(method)
+        config = method_config(estimator, config)
         theta_d = detached(theta)
         noise = _noise(estimator, theta_d, tasks, config, generator)
         grad = zeros_like(theta_d)

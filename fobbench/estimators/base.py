@@ -11,6 +11,18 @@ from fobbench.inner import InnerConfig
 from fobbench.params import Data, LossFn, Params
 
 
+PROTOCOLS = ("proximal", "published")
+"""Inner-objective protocols of a run (DESIGN.md, "One inner solver for all"):
+
+- ``proximal``: every method adapts on f̂ + λ/2‖φ − θ‖², so differences between methods
+  come from the estimator alone (B-MAML's set-up).
+- ``published``: each method adapts on the inner problem it was published with. MAML,
+  FO-MAML, Reptile and ES-MAML take plain gradient steps on f̂ (λ = 0; Finn et al. 2017,
+  Nichol et al. 2018, Song et al. 2020); FO-B-MAML and iMAML keep λ, which their
+  estimators need (registry flag ``proximal``).
+"""
+
+
 @dataclass(frozen=True)
 class EstimatorConfig:
     """Settings shared by every estimator.
@@ -22,6 +34,8 @@ class EstimatorConfig:
         es_samples: antithetic Gaussian directions of ES-MAML (default 16).
         es_sigma: smoothing radius σ of ES-MAML (default 0.01).
         exact_newton_steps: Newton iterations of ``exact`` on a dense Hessian (default 30).
+        inner_protocol: ``proximal`` (default: every method on the proximal problem) or
+            ``published`` (each method's own inner problem; see :data:`PROTOCOLS`).
     """
 
     inner: InnerConfig = field(default_factory=InnerConfig)
@@ -30,8 +44,12 @@ class EstimatorConfig:
     es_samples: int = 16
     es_sigma: float = 0.01
     exact_newton_steps: int = 30
+    inner_protocol: str = "proximal"
 
     def __post_init__(self) -> None:
+        if self.inner_protocol not in PROTOCOLS:
+            raise FobbenchError(
+                f"--inner-protocol: unknown '{self.inner_protocol}' (choose from {', '.join(PROTOCOLS)})")
         if not math.isfinite(self.nu) or self.nu == 0:
             raise FobbenchError(f"nu must be a non-zero finite number (got {self.nu})")
         if not isinstance(self.cg_steps, int) or self.cg_steps < 1:
@@ -65,6 +83,9 @@ class Estimator:
             function from a seeded generator, so vmap and loop see the same ones.
         accumulate_fn: adds the estimate into a running sum in place, folding partial results
             in early (see :meth:`accumulate`); None: add the result of ``fn``.
+        proximal: True when the method's estimator needs the proximal term (λ > 0) in every
+            protocol (FO-B-MAML, iMAML, exact); False when its published inner problem is
+            plain steps on f̂ (λ = 0 under the ``published`` protocol).
     """
 
     name: str
@@ -74,6 +95,7 @@ class Estimator:
     vmappable: bool = True
     needs_noise: bool = False
     accumulate_fn: AccumulateFn | None = None
+    proximal: bool = True
 
     def accumulate(self, theta: Params, loss: LossFn, support: Data, query: Data,
                    config: EstimatorConfig, noise: Params | None, total: Params) -> None:
@@ -96,11 +118,11 @@ REGISTRY: dict[str, Estimator] = {}
 
 
 def register(name: str, summary: str, order: str, vmappable: bool = True,
-             needs_noise: bool = False) -> Callable[[PerTaskFn], PerTaskFn]:
+             needs_noise: bool = False, proximal: bool = True) -> Callable[[PerTaskFn], PerTaskFn]:
     """Decorator adding a per-task function to the registry under ``name``."""
 
     def wrap(fn: PerTaskFn) -> PerTaskFn:
-        REGISTRY[name] = Estimator(name, fn, summary, order, vmappable, needs_noise)
+        REGISTRY[name] = Estimator(name, fn, summary, order, vmappable, needs_noise, proximal=proximal)
         return fn
 
     return wrap
@@ -117,6 +139,21 @@ def accumulates(name: str) -> Callable[[AccumulateFn], AccumulateFn]:
         return fn
 
     return wrap
+
+
+def method_config(estimator: Estimator, config: EstimatorConfig) -> EstimatorConfig:
+    """The settings ``estimator`` actually runs with under ``config.inner_protocol``.
+
+    ``published``: a method with ``proximal=False`` adapts with λ = 0. A method that needs
+    the proximal term refuses λ = 0 with a one-line error naming ``--lam``.
+    """
+    if estimator.proximal:
+        if config.inner.lam <= 0:
+            raise FobbenchError(f"--lam must be > 0 for {estimator.name} (its estimator needs the proximal term)")
+        return config
+    if config.inner_protocol == "published" and config.inner.lam != 0:
+        return replace(config, inner=replace(config.inner, lam=0.0))
+    return config
 
 
 def get(name: str) -> Estimator:

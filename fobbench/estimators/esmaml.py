@@ -12,7 +12,7 @@ from fobbench.inner import solve
 from fobbench.params import Data, LossFn, Params, add
 
 
-@register("esmaml", "Gaussian smoothing of F, antithetic (§3.4)", order="zeroth", needs_noise=True)
+@register("esmaml", "Gaussian smoothing of F, antithetic (§3.4)", order="zeroth", needs_noise=True, proximal=False)
 def esmaml(theta: Params, loss: LossFn, support: Data, query: Data, config: EstimatorConfig,
            noise: Params | None = None) -> Params:
     """Zeroth-order estimate of ∇F from 2·es_samples inner solves."""

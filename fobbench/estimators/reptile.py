@@ -7,7 +7,7 @@ from fobbench.inner import solve_displacement
 from fobbench.params import Data, LossFn, Params
 
 
-@register("reptile", "(θ − φ_K)/(Kα), eq. (4)", order="first")
+@register("reptile", "(θ − φ_K)/(Kα), eq. (4)", order="first", proximal=False)
 def reptile(theta: Params, loss: LossFn, support: Data, query: Data, config: EstimatorConfig,
             noise: Params | None = None) -> Params:
     """(θ − φ_K)/(Kα) = −Δ_K/(Kα), from the displacement (no cancellation against θ)."""

@@ -39,7 +39,7 @@ from scipy import stats
 from torch import Tensor, nn
 
 from fobbench.errors import FobbenchError
-from fobbench.estimators import BATCHING, EstimatorConfig, get, meta_gradient
+from fobbench.estimators import BATCHING, EstimatorConfig, get, meta_gradient, method_config
 from fobbench.inner import solve
 from fobbench.meta_optim import OUTER, apply, make_outer
 from fobbench.params import Data, LossFn, Params, classification_loss, detached
@@ -49,6 +49,7 @@ from fobbench.results import Measurement, ResultWriter
 POINT_COLUMNS = (
     "problem", "split", "split_hash", "ways", "shots", "queries", "meta_batch", "inner_steps", "inner_lr",
     "inner_optimizer", "lam", "nu", "cg_steps", "outer", "meta_lr", "eval_tasks", "iteration",
+    "inner_protocol",
 )
 """Columns of every ``train.*`` results row that define its point."""
 
@@ -138,6 +139,7 @@ class TrainConfig:
         for name in self.methods:
             if get(name).order == "exact":
                 raise FobbenchError(f"--methods: '{name}' cannot train a network (it needs a closed form)")
+            method_config(get(name), self.estimator)  # e.g. --lam 0 with a method that needs λ
         checks = (
             ("--iterations", self.iterations, 1), ("--meta-batch", self.meta_batch, 1),
             ("--eval-every", self.eval_every, 1), ("--eval-tasks", self.eval_tasks, 2),
@@ -342,11 +344,15 @@ class _Timer:
     timed: int = 0             # timed iterations (each process skips its first: warm-up)
 
 
-def settings_of(problem: FewShotProblem, config: TrainConfig) -> tuple[dict[str, object], dict[str, object]]:
+def settings_of(problem: FewShotProblem, config: TrainConfig,
+                method: str | None = None) -> tuple[dict[str, object], dict[str, object]]:
     """(point without iteration, hashed settings) of a run: the problem's description split
-    into CSV columns and the rest (data arguments, estimator constants, batching, device)."""
+    into CSV columns and the rest (data arguments, estimator constants, batching, device).
+
+    With ``method``, ``lam`` is the λ that method adapts with under the run's inner protocol
+    (0 for MAML, FO-MAML, Reptile under ``published``)."""
     describe = dict(problem.describe())
-    est = config.estimator
+    est = config.estimator if method is None else method_config(get(method), config.estimator)
     point = {
         "problem": problem.name,
         "split": describe.pop("split", ""),
@@ -364,6 +370,7 @@ def settings_of(problem: FewShotProblem, config: TrainConfig) -> tuple[dict[str,
         "outer": config.outer,
         "meta_lr": config.meta_lr,
         "eval_tasks": config.eval_tasks,
+        "inner_protocol": est.inner_protocol,
     }
     for key in ("problem", "ways", "shots", "queries"):
         describe.pop(key, None)
@@ -388,8 +395,9 @@ def run_one(problem: FewShotProblem, config: TrainConfig, method: str, seed: int
     uninterrupted run writes, apart from the timing metrics.
     """
     started = time.perf_counter()
-    device, est, total = config.device, config.estimator, config.iterations
-    point, settings = settings_of(problem, config)
+    device, total = config.device, config.iterations
+    est = method_config(get(method), config.estimator)  # λ = 0 for plain methods under `published`
+    point, settings = settings_of(problem, config, method)
     run_hash = writer.point_hash(method, point, settings)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
