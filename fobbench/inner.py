@@ -126,6 +126,19 @@ def _initial_state(theta: Params, config: InnerConfig) -> OptimizerState:
     return {n: tuple(torch.zeros_like(p) for _ in range(buffers)) for n, p in theta.items()}
 
 
+def safe_sqrt(x: Tensor) -> Tensor:
+    """√x for x ≥ 0 with a finite derivative at 0.
+
+    The value is that of ``x.sqrt()``; the derivative at x = 0 is taken as 0 instead of
+    +inf. Adam's second moment s is exactly 0 where a parameter's inner gradient is exactly
+    0 (e.g. conv biases followed by BatchNorm); there ds = 2g·dg = 0 as well, and the plain
+    sqrt's inf·0 made MAML's meta-gradient NaN.
+    """
+    positive = x > 0
+    root = torch.where(positive, x, torch.ones_like(x)).sqrt()
+    return torch.where(positive, root, torch.zeros_like(x))
+
+
 def _update(
     p: Tensor, grad: Tensor, state: tuple[Tensor, ...], step: int, config: InnerConfig
 ) -> tuple[Tensor, tuple[Tensor, ...]]:
@@ -140,7 +153,7 @@ def _update(
     m = beta1 * state[0] + (1 - beta1) * grad
     s = beta2 * state[1] + (1 - beta2) * grad**2
     c1, c2 = 1 - beta1**step, 1 - beta2**step
-    return p - lr * (m / c1) / ((s / c2).sqrt() + config.eps), (m, s)
+    return p - lr * (m / c1) / (safe_sqrt(s / c2) + config.eps), (m, s)
 
 
 def _update_in_place(p: Tensor, grad: Tensor, state: tuple[Tensor, ...], step: int,

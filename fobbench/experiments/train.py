@@ -38,7 +38,7 @@ import torch
 from scipy import stats
 from torch import Tensor, nn
 
-from fobbench.errors import FobbenchError
+from fobbench.errors import DivergedError, FobbenchError
 from fobbench.estimators import BATCHING, EstimatorConfig, get, meta_gradient, method_config
 from fobbench.inner import solve
 from fobbench.meta_optim import OUTER, apply, make_outer
@@ -385,6 +385,16 @@ def settings_of(problem: FewShotProblem, config: TrainConfig,
     return point, settings
 
 
+def _check_finite(grad: Params, method: str, seed: int, iteration: int, path: Path) -> None:
+    """Stop the run (:class:`DivergedError`, exit 1) when the meta-gradient holds NaN or inf,
+    before it reaches θ; the rows written so far stay in ``path``."""
+    bad = [n for n, g in grad.items() if not bool(torch.isfinite(g).all())]
+    if bad:
+        raise DivergedError(
+            f"train: {method} seed {seed}: the meta-gradient became non-finite at iteration {iteration} "
+            f"(first in '{bad[0]}'); rows so far are kept in {path}")
+
+
 def run_one(problem: FewShotProblem, config: TrainConfig, method: str, seed: int, writer: ResultWriter,
             checkpoints: Path, resume: bool = False,
             advance: Callable[[int], None] = lambda n: None) -> None:
@@ -444,6 +454,10 @@ def run_one(problem: FewShotProblem, config: TrainConfig, method: str, seed: int
             return
         held_out = evaluate(model, theta, eval_tasks, est, eval_chunk)
         seen = evaluate(model, theta, train_tasks, est, eval_chunk)
+        if not (math.isfinite(held_out.loss) and math.isfinite(seen.loss)):
+            raise DivergedError(
+                f"train: {method} seed {seed}: the query loss became non-finite at iteration {t}; "
+                f"rows so far are kept in {writer.path}")
         measurements = [
             Measurement("eval_acc", held_out.acc, "1", "query_after_adaptation"),
             Measurement("eval_acc_ci95", held_out.ci95, "1", "t_interval_over_tasks"),
@@ -473,6 +487,7 @@ def run_one(problem: FewShotProblem, config: TrainConfig, method: str, seed: int
             method, theta, loss, batch.support, batch.query, est, batching=config.batching,
             chunk_size=config.chunk_size, generator=stream(seed, "noise", t),
         )
+        _check_finite(estimate.grad, method, seed, t, writer.path)
         apply(optimizer, theta, estimate.grad)
         _sync(device)
         if not first or start + 1 == total:
