@@ -14,6 +14,7 @@ from rich.table import Table
 from fobbench.cli.app import app
 from fobbench.errors import FobbenchError
 from fobbench.estimators import EstimatorConfig, parse_methods
+from fobbench.estimators.nu_rule import AUTO
 from fobbench.experiments import train as experiment
 from fobbench.figures import train as figures
 from fobbench.figures.common import check_format
@@ -41,7 +42,8 @@ MetaLr = Annotated[float, typer.Option("--meta-lr", help="Outer (meta) step size
 InnerSteps = Annotated[int, typer.Option("--inner-steps", help="Inner steps K.")]
 InnerOpt = Annotated[str, typer.Option("--inner-optimizer", help="Inner solver: gd, momentum or adam.")]
 Lam = Annotated[float, typer.Option("--lam", help="Proximal strength λ > 0 of the inner problem.")]
-Nu = Annotated[float, typer.Option("--nu", help="FO-B-MAML perturbation ν ≠ 0.")]
+Nu = Annotated[str, typer.Option(
+    "--nu", help="FO-B-MAML perturbation ν ≠ 0, or auto (chosen from the dtype and λ; see README).")]
 InnerProtocol = Annotated[str, typer.Option(
     "--inner-protocol", help="Inner problem: proximal (every method on f̂ + λ/2‖φ−θ‖²) or published "
     "(MAML, FO-MAML, Reptile, ES-MAML on f̂ alone, λ = 0, as published; FO-B-MAML and iMAML keep λ).")]
@@ -77,12 +79,22 @@ def _config(method: str, methods: str | None, **values: object) -> experiment.Tr
                           allow_exact=False)
     inner = InnerConfig(steps=values.pop("inner_steps"), lr=values.pop("inner_lr"),  # type: ignore[arg-type]
                         lam=values.pop("lam"), optimizer=values.pop("inner_optimizer"))  # type: ignore[arg-type]
-    estimator = EstimatorConfig(inner=inner, nu=values.pop("nu"), cg_steps=values.pop("cg_steps"),  # type: ignore[arg-type]
+    estimator = EstimatorConfig(inner=inner, nu=parse_nu(str(values.pop("nu"))), cg_steps=values.pop("cg_steps"),  # type: ignore[arg-type]
                                 es_samples=values.pop("es_samples"), es_sigma=values.pop("es_sigma"),  # type: ignore[arg-type]
                                 inner_protocol=values.pop("inner_protocol"))  # type: ignore[arg-type]
     seeds = parse_seeds(str(values.pop("seeds")))
     return experiment.TrainConfig(methods=tuple(dict.fromkeys(names)), estimator=estimator, seeds=seeds,
                                   **values)  # type: ignore[arg-type]
+
+
+def parse_nu(text: str) -> float | str:
+    """``--nu``: a number or ``auto``; anything else is a one-line error naming the option."""
+    if text.strip().lower() == AUTO:
+        return AUTO
+    try:
+        return float(text)
+    except ValueError:
+        raise FobbenchError(f"--nu must be a non-zero number or 'auto' (got '{text}')") from None
 
 
 def _number(value: float, spec: str) -> str:
@@ -161,7 +173,7 @@ def mnist1d(
     inner_steps: InnerSteps = 5,
     inner_optimizer: InnerOpt = "gd",
     lam: Lam = 2.0,
-    nu: Nu = 0.1,
+    nu: Nu = "0.1",
     inner_protocol: InnerProtocol = "proximal",
     cg_steps: CgSteps = 5,
     es_samples: EsSamples = 16,
@@ -218,7 +230,7 @@ def omniglot(
     inner_steps: InnerSteps = 5,
     inner_optimizer: InnerOpt = "gd",
     lam: Lam = 2.0,
-    nu: Nu = 0.1,
+    nu: Nu = "0.1",
     inner_protocol: InnerProtocol = "proximal",
     cg_steps: CgSteps = 5,
     es_samples: EsSamples = 16,

@@ -55,12 +55,15 @@ class MetaGradient:
         tasks: number of tasks averaged.
         seconds: wall time of the estimate (s).
         batching: ``vmap`` or ``loop``.
+        nu: the ν FO-B-MAML ran with (the ``--nu auto`` choice included); None for methods
+            without ν.
     """
 
     grad: Params
     tasks: int
     seconds: float
     batching: str
+    nu: float | None = None
 
 
 def _task_count(support: Data) -> int:
@@ -144,4 +147,5 @@ def meta_gradient(method: str, theta: Params, loss: LossFn, support: Data, query
     else:
         stacked = per_task(method, theta, loss, support, query, config, batching, chunk_size, generator)
         grad = {n: v.mean(dim=0) for n, v in stacked.items()}
-    return MetaGradient(grad=grad, tasks=tasks, seconds=time.perf_counter() - start, batching=batching)
+    nu = get(method).nu(config, next(iter(theta.values())).dtype)
+    return MetaGradient(grad=grad, tasks=tasks, seconds=time.perf_counter() - start, batching=batching, nu=nu)

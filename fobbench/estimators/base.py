@@ -7,6 +7,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from fobbench.errors import FobbenchError
+import torch
+
+from fobbench.estimators.nu_rule import AUTO, auto_nu
 from fobbench.inner import InnerConfig
 from fobbench.params import Data, LossFn, Params
 
@@ -29,7 +32,8 @@ class EstimatorConfig:
 
     Attributes:
         inner: the inner solver (K, α, λ, optimizer) used by every method alike.
-        nu: ν, the FO-B-MAML perturbation (default 0.1, the paper's value); ν ≠ 0.
+        nu: ν, the FO-B-MAML perturbation (default 0.1, the paper's value); ν ≠ 0, or
+            ``"auto"``: chosen per call from θ's dtype by :func:`fobbench.estimators.nu_rule.auto_nu`.
         cg_steps: conjugate-gradient steps of iMAML (default 5; the paper also uses 2).
         es_samples: antithetic Gaussian directions of ES-MAML (default 16).
         es_sigma: smoothing radius σ of ES-MAML (default 0.01).
@@ -39,7 +43,7 @@ class EstimatorConfig:
     """
 
     inner: InnerConfig = field(default_factory=InnerConfig)
-    nu: float = 0.1
+    nu: float | str = 0.1
     cg_steps: int = 5
     es_samples: int = 16
     es_sigma: float = 0.01
@@ -50,8 +54,8 @@ class EstimatorConfig:
         if self.inner_protocol not in PROTOCOLS:
             raise FobbenchError(
                 f"--inner-protocol: unknown '{self.inner_protocol}' (choose from {', '.join(PROTOCOLS)})")
-        if not math.isfinite(self.nu) or self.nu == 0:
-            raise FobbenchError(f"nu must be a non-zero finite number (got {self.nu})")
+        if self.nu != AUTO and (isinstance(self.nu, str) or not math.isfinite(self.nu) or self.nu == 0):
+            raise FobbenchError(f"--nu must be a non-zero finite number or 'auto' (got {self.nu})")
         if not isinstance(self.cg_steps, int) or self.cg_steps < 1:
             raise FobbenchError(f"cg-steps must be an integer >= 1 (got {self.cg_steps})")
         if not isinstance(self.es_samples, int) or self.es_samples < 1:
@@ -83,6 +87,8 @@ class Estimator:
             function from a seeded generator, so vmap and loop see the same ones.
         accumulate_fn: adds the estimate into a running sum in place, folding partial results
             in early (see :meth:`accumulate`); None: add the result of ``fn``.
+        nu_scheme: ``sym`` or ``forward`` for a finite difference in ν (FO-B-MAML; picks the
+            ``--nu auto`` rule), None for methods without ν.
         proximal: True when the method's estimator needs the proximal term (λ > 0) in every
             protocol (FO-B-MAML, iMAML, exact); False when its published inner problem is
             plain steps on f̂ (λ = 0 under the ``published`` protocol).
@@ -96,6 +102,16 @@ class Estimator:
     needs_noise: bool = False
     accumulate_fn: AccumulateFn | None = None
     proximal: bool = True
+    nu_scheme: str | None = None
+
+    def nu(self, config: EstimatorConfig, dtype: torch.dtype) -> float | None:
+        """The ν this method runs with for θ of ``dtype``: ``config.nu``, or the ``auto`` rule
+        (:func:`fobbench.estimators.nu_rule.auto_nu`); None for methods without ν."""
+        if self.nu_scheme is None:
+            return None
+        if config.nu == AUTO:
+            return auto_nu(dtype, self.nu_scheme, config.inner.lam)
+        return float(config.nu)
 
     def accumulate(self, theta: Params, loss: LossFn, support: Data, query: Data,
                    config: EstimatorConfig, noise: Params | None, total: Params) -> None:
@@ -117,12 +133,13 @@ class Estimator:
 REGISTRY: dict[str, Estimator] = {}
 
 
-def register(name: str, summary: str, order: str, vmappable: bool = True,
-             needs_noise: bool = False, proximal: bool = True) -> Callable[[PerTaskFn], PerTaskFn]:
+def register(name: str, summary: str, order: str, vmappable: bool = True, needs_noise: bool = False,
+             proximal: bool = True, nu_scheme: str | None = None) -> Callable[[PerTaskFn], PerTaskFn]:
     """Decorator adding a per-task function to the registry under ``name``."""
 
     def wrap(fn: PerTaskFn) -> PerTaskFn:
-        REGISTRY[name] = Estimator(name, fn, summary, order, vmappable, needs_noise, proximal=proximal)
+        REGISTRY[name] = Estimator(name, fn, summary, order, vmappable, needs_noise, proximal=proximal,
+                                   nu_scheme=nu_scheme)
         return fn
 
     return wrap

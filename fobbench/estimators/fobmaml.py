@@ -12,6 +12,7 @@ so only one solution is ever held; the per-task form keeps both and subtracts th
 from __future__ import annotations
 
 from fobbench.estimators.base import EstimatorConfig, accumulates, register
+from fobbench.estimators.nu_rule import AUTO, auto_nu
 from fobbench.inner import solve_displacement
 from fobbench.params import Data, LossFn, Params
 
@@ -20,6 +21,14 @@ def _fold(total: Params, delta: Params, scale: float) -> None:
     """total += scale·Δ, in place."""
     for name, value in total.items():
         value.add_(delta[name], alpha=scale)
+
+
+def nu_of(config: EstimatorConfig, theta: Params, scheme: str) -> float:
+    """The ν a call runs with: ``config.nu``, or the ``auto`` rule for θ's dtype and ``scheme``
+    (the same as :meth:`~fobbench.estimators.base.Estimator.nu` reports)."""
+    if config.nu == AUTO:
+        return auto_nu(next(iter(theta.values())).dtype, scheme, config.inner.lam)
+    return float(config.nu)
 
 
 def _difference(theta: Params, loss: LossFn, support: Data, query: Data, config: EstimatorConfig,
@@ -39,29 +48,31 @@ def _difference_into(theta: Params, loss: LossFn, support: Data, query: Data, co
     _fold(total, solve_displacement(theta, loss, support, query, low, config.inner), scale)
 
 
-@register("fobmaml-forward", "−λ(φ_ν − φ_0)/ν, eq. (12)", order="first")
+@register("fobmaml-forward", "−λ(φ_ν − φ_0)/ν, eq. (12)", order="first", nu_scheme="forward")
 def fobmaml_forward(theta: Params, loss: LossFn, support: Data, query: Data,
                     config: EstimatorConfig, noise: Params | None = None) -> Params:
     """Forward difference: bias O(λν) with an exact solve (Prop. 2)."""
-    return _difference(theta, loss, support, query, config, config.nu, 0.0)
+    return _difference(theta, loss, support, query, config, nu_of(config, theta, "forward"), 0.0)
 
 
 @accumulates("fobmaml-forward")
 def fobmaml_forward_into(theta: Params, loss: LossFn, support: Data, query: Data,
                          config: EstimatorConfig, noise: Params | None, total: Params) -> None:
     """total += eq. (12)."""
-    _difference_into(theta, loss, support, query, config, config.nu, 0.0, total)
+    _difference_into(theta, loss, support, query, config, nu_of(config, theta, "forward"), 0.0, total)
 
 
-@register("fobmaml-sym", "−λ(φ_ν − φ_−ν)/(2ν), eq. (13)", order="first")
+@register("fobmaml-sym", "−λ(φ_ν − φ_−ν)/(2ν), eq. (13)", order="first", nu_scheme="sym")
 def fobmaml_sym(theta: Params, loss: LossFn, support: Data, query: Data,
                 config: EstimatorConfig, noise: Params | None = None) -> Params:
     """Symmetric difference: bias O(λν²) with an exact solve (Prop. 2)."""
-    return _difference(theta, loss, support, query, config, config.nu, -config.nu)
+    nu = nu_of(config, theta, "sym")
+    return _difference(theta, loss, support, query, config, nu, -nu)
 
 
 @accumulates("fobmaml-sym")
 def fobmaml_sym_into(theta: Params, loss: LossFn, support: Data, query: Data,
                      config: EstimatorConfig, noise: Params | None, total: Params) -> None:
     """total += eq. (13)."""
-    _difference_into(theta, loss, support, query, config, config.nu, -config.nu, total)
+    nu = nu_of(config, theta, "sym")
+    _difference_into(theta, loss, support, query, config, nu, -nu, total)

@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from fobbench.errors import DivergedError, FobbenchError
 from fobbench.estimators import BATCHING, EstimatorConfig, get, meta_gradient, method_config
+from fobbench.estimators.nu_rule import AUTO
 from fobbench.inner import solve
 from fobbench.meta_optim import OUTER, apply, make_outer
 from fobbench.params import Data, LossFn, Params, classification_loss, detached
@@ -448,6 +449,8 @@ def run_one(problem: FewShotProblem, config: TrainConfig, method: str, seed: int
         floor_passes(method, est), config.floor_repeats, device,
     )
 
+    nu_used: float | None = get(method).nu(est, next(iter(theta.values())).dtype)
+
     def record(t: int) -> None:
         row = {**point, "iteration": t}
         if writer.is_done(method, row, settings, seed):
@@ -466,6 +469,8 @@ def run_one(problem: FewShotProblem, config: TrainConfig, method: str, seed: int
             Measurement("train_loss", seen.loss, "nats", "query_after_adaptation"),
             Measurement("wall_time", timer.wall + time.perf_counter() - started, "s", "wall_clock"),
         ]
+        if nu_used is not None:  # the ν of the last outer step (the `auto` rule's choice included)
+            measurements.append(Measurement("nu_used", nu_used, "1", "auto_rule" if est.nu == AUTO else "fixed"))
         if timer.timed:
             per_iter = timer.iter_seconds / timer.timed
             measurements += [
@@ -488,6 +493,7 @@ def run_one(problem: FewShotProblem, config: TrainConfig, method: str, seed: int
             chunk_size=config.chunk_size, generator=stream(seed, "noise", t),
         )
         _check_finite(estimate.grad, method, seed, t, writer.path)
+        nu_used = estimate.nu
         apply(optimizer, theta, estimate.grad)
         _sync(device)
         if not first or start + 1 == total:
