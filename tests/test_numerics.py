@@ -143,3 +143,27 @@ def test_train_stops_with_one_line_when_the_meta_gradient_turns_non_finite(cli, 
     from fobbench.results import read_results
     frame = read_results(out)
     assert sorted(set(frame["iteration"])) == [0, 2]  # the rows before the failure are kept
+
+
+@pytest.mark.parametrize(("protocol", "damping", "expected"), [
+    ("proximal", None, (0.0, 0.0)), ("published", None, (1.0, 10.0)), ("published", (0.5, 1.0), (0.5, 1.0))])
+def test_imaml_solves_its_damped_system(protocol: str, damping, expected) -> None:
+    """On a quadratic f̂ = f = ½xᵀAx + bᵀx, iMAML with enough CG steps returns
+    ((1+ρ)I + A/(λ+τ))⁻¹ ∇f(φ_K) for the damping its protocol selects."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(5, 5, generator=g, dtype=torch.float64)
+    a = q @ q.T / 5 + 0.5 * torch.eye(5, dtype=torch.float64)
+    b = torch.randn(5, generator=g, dtype=torch.float64)
+
+    def loss(params, data):
+        a_, b_ = data
+        return 0.5 * params["x"] @ a_ @ params["x"] + params["x"] @ b_
+
+    theta = {"x": torch.randn(5, generator=g, dtype=torch.float64)}
+    config = EstimatorConfig(inner=InnerConfig(steps=4, lr=0.1, lam=2.0), cg_steps=20,
+                             inner_protocol=protocol, cg_damping=damping)
+    got = REGISTRY["imaml"].fn(theta, loss, (a, b), (a, b), config)["x"]
+    phi = solve(theta, loss, (a, b), (a, b), 0.0, config.inner)["x"]
+    rho, tau = expected
+    closed = torch.linalg.solve((1 + rho) * torch.eye(5, dtype=torch.float64) + a / (2.0 + tau), a @ phi + b)
+    torch.testing.assert_close(got, closed, rtol=1e-9, atol=1e-12)

@@ -378,6 +378,7 @@ def settings_of(problem: FewShotProblem, config: TrainConfig,
     settings = {
         "problem_settings": describe,
         "es_samples": est.es_samples,
+        "imaml_damping": est.imaml_damping(),
         "es_sigma": est.es_sigma,
         "batching": config.batching,
         "device": config.device,
