@@ -48,7 +48,8 @@ def test_every_inner_optimizer_reaches_the_closed_form_solution(optimizer: str, 
     assert torch.linalg.norm(phi - closed) / torch.linalg.norm(closed) < 1e-6
 
 
-@pytest.mark.parametrize("kwargs", [{"steps": 0}, {"lam": 0.0}, {"lam": -1.0}, {"lr": 0.0}, {"optimizer": "lbfgs"}])
+@pytest.mark.parametrize("kwargs", [{"steps": 0}, {"lam": -1.0}, {"lam": float("inf")}, {"lr": 0.0},
+                                    {"optimizer": "lbfgs"}])
 def test_bad_inner_settings_are_one_line_errors(kwargs: dict) -> None:
     with pytest.raises(FobbenchError) as error:
         InnerConfig(**kwargs)
