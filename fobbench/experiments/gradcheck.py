@@ -150,6 +150,8 @@ class GradcheckConfig:
         if "rates" in self.experiments and (len(self.rate_nus) < 3 or len(self.rate_deltas) < 3
                                             or len(self.nu_ks) < 3):
             raise FobbenchError("rates: --rate-nu, --rate-delta and --nu-k need at least 3 values each")
+        if not (math.isfinite(self.lam) and self.lam > 0):  # B-MAML's closed forms need λ > 0
+            raise FobbenchError(f"--lam: lambda must be > 0 (got {self.lam})")
         if self.train_k < 1:
             raise FobbenchError(f"--train-k must be >= 1 (got {self.train_k})")
         if self.iters < 1:
