@@ -50,7 +50,7 @@ def test_methods_that_need_lambda_keep_it_and_refuse_zero(method: str) -> None:
     estimator = REGISTRY[method]
     config = EstimatorConfig(inner=InnerConfig(lam=2.0), inner_protocol="published")
     assert method_config(estimator, config).inner.lam == 2.0
-    with pytest.raises(FobbenchError, match="--lam must be > 0") as error:
+    with pytest.raises(FobbenchError, match="--lam: lambda must be > 0") as error:
         method_config(estimator, EstimatorConfig(inner=InnerConfig(lam=0.0)))
     assert "\n" not in str(error.value)
 

@@ -185,7 +185,7 @@ def method_config(estimator: Estimator, config: EstimatorConfig) -> EstimatorCon
     """
     if estimator.proximal:
         if config.inner.lam <= 0:
-            raise FobbenchError(f"--lam must be > 0 for {estimator.name} (its estimator needs the proximal term)")
+            raise FobbenchError(f"--lam: lambda must be > 0 for {estimator.name} (its estimator needs the proximal term)")
         return config
     if config.inner_protocol == "published" and config.inner.lam != 0:
         return replace(config, inner=replace(config.inner, lam=0.0))
