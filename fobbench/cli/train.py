@@ -41,7 +41,8 @@ InnerLr = Annotated[float, typer.Option("--inner-lr", help="Inner step size α o
 MetaLr = Annotated[float, typer.Option("--meta-lr", help="Outer (meta) step size.")]
 InnerSteps = Annotated[int, typer.Option("--inner-steps", help="Inner steps K.")]
 InnerOpt = Annotated[str, typer.Option("--inner-optimizer", help="Inner solver: gd, momentum or adam.")]
-Lam = Annotated[float, typer.Option("--lam", help="Proximal strength λ > 0 of the inner problem.")]
+Lam = Annotated[float, typer.Option(
+    "--lam", help="Proximal strength λ of the inner problem (> 0; 0 only for maml, fomaml, reptile, esmaml).")]
 Nu = Annotated[str, typer.Option(
     "--nu", help="FO-B-MAML perturbation ν ≠ 0, or auto (chosen from the dtype and λ; see README).")]
 InnerProtocol = Annotated[str, typer.Option(
