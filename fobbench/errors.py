@@ -51,3 +51,11 @@ class Interrupted(BaseException):
         if self.suite_out is not None:
             return [*kept, "--out", str(self.suite_out), "--resume"]
         return [*kept, "--resume", str(self.resume)]
+
+
+class DivergedError(FobbenchError):
+    """A run that started well but produced non-finite numbers (NaN/inf): one line, exit 1.
+
+    Distinct from bad input (exit 2): the options were valid, the numerics failed."""
+
+    exit_code = 1

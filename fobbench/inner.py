@@ -1,12 +1,14 @@
 """The one inner solver every method adapts with.
 
-All methods solve the same proximal inner problem (paper eq. 10)
+Under the ``proximal`` protocol all methods solve the same proximal inner problem (paper eq. 10)
 
     min_φ  v·f(φ) + f̂(φ) + λ/2 ‖φ − θ‖²
 
 with K steps of the same optimizer from φ₀ = θ, where f̂ is the train (support) loss and
 f the test (query) loss; v = 0 is the unperturbed problem (6). Differences between
-methods therefore come from the estimator, not from the set-up. The solver is pure and
+methods therefore come from the estimator, not from the set-up. Under the ``published``
+protocol MAML, FO-MAML, Reptile and ES-MAML solve it with λ = 0 (plain steps on f̂, as
+their authors ran them; see :mod:`fobbench.estimators.base`). The solver is pure and
 differentiable (MAML backpropagates through it) and vmappable over tasks.
 """
 
@@ -19,7 +21,7 @@ import torch
 from torch import Tensor
 
 from fobbench.errors import FobbenchError
-from fobbench.params import Data, LossFn, Params, sq_norm, sub
+from fobbench.params import Data, LossFn, Params, sq_norm, sub, zeros_like
 
 OPTIMIZERS = ("gd", "momentum", "adam")
 
@@ -31,7 +33,10 @@ class InnerConfig:
     Attributes:
         steps: K, the number of inner steps (default 5, the paper's MNIST-1D/Omniglot value).
         lr: α, the inner step size (default 0.1).
-        lam: λ > 0, the proximal strength (default 2.0, the paper's value).
+        lam: λ ≥ 0, the proximal strength (default 2.0, the paper's value). λ = 0 is plain
+            gradient steps on f̂, the inner problem MAML, FO-MAML and Reptile were published
+            with; methods that need the proximal term (FO-B-MAML, iMAML) refuse it
+            (:func:`fobbench.estimators.base.method_config`).
         optimizer: ``gd`` (default), ``momentum`` (heavy ball) or ``adam``.
         momentum: β for ``momentum`` (default 0.9).
         betas: (β₁, β₂) for ``adam`` (default (0.9, 0.999)).
@@ -51,8 +56,8 @@ class InnerConfig:
             raise FobbenchError(f"--inner-steps (K) must be an integer >= 1 (got {self.steps})")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise FobbenchError(f"--inner-lr (inner step size) must be > 0 (got {self.lr})")
-        if not (self.lam > 0 and math.isfinite(self.lam)):
-            raise FobbenchError(f"--lam (λ) must be > 0 (got {self.lam})")
+        if not (self.lam >= 0 and math.isfinite(self.lam)):
+            raise FobbenchError(f"--lam (λ) must be >= 0 (got {self.lam})")
         if self.optimizer not in OPTIMIZERS:
             raise FobbenchError(
                 f"unknown inner optimizer '{self.optimizer}' (choose from {', '.join(OPTIMIZERS)})"
@@ -70,9 +75,12 @@ def proximal_objective(
 
 
 def _objective_grad(
-    phi: Params, theta: Params, loss: LossFn, support: Data, query: Data, v: float, lam: float
+    phi: Params, delta: Params, loss: LossFn, support: Data, query: Data, v: float, lam: float
 ) -> Params:
-    """∇_φ of :func:`proximal_objective`, functionally (vmappable and differentiable).
+    """∇_φ of :func:`proximal_objective` at φ = θ + Δ, functionally (vmappable, differentiable).
+
+    ``delta`` is Δ = φ − θ, held apart from φ so that the proximal term λΔ keeps Δ's
+    precision (see :func:`solve_displacement`).
 
     The two data terms are differentiated one after the other, so only one data set's
     activations are alive at a time: a perturbed solve (FO-B-MAML) then peaks like an
@@ -82,13 +90,13 @@ def _objective_grad(
     if v != 0.0:
         query_grad = torch.func.grad(loss)(phi, query)
         grad = {n: grad[n] + v * query_grad[n] for n in grad}
-    return {n: grad[n] + lam * (phi[n] - theta[n]) for n in grad}
+    return {n: grad[n] + lam * delta[n] for n in grad}
 
 
 def _objective_grad_in_place(
-    phi: Params, theta: Params, loss: LossFn, support: Data, query: Data, v: float, lam: float
+    phi: Params, delta: Params, loss: LossFn, support: Data, query: Data, v: float, lam: float
 ) -> Params:
-    """∇_φ of :func:`proximal_objective` in one gradient buffer per parameter.
+    """∇_φ of :func:`proximal_objective` at φ = θ + Δ in one gradient buffer per parameter.
 
     ``phi`` holds leaf tensors that require grad. Each data term is backpropagated on its
     own and autograd adds the query gradient into the support gradient (``.grad``) tensor by
@@ -105,7 +113,7 @@ def _objective_grad_in_place(
         for n, p in phi.items():
             g = p.grad if p.grad is not None else torch.zeros_like(p)
             p.grad = None
-            grad[n] = g.add_(p - theta[n], alpha=lam)
+            grad[n] = g.add_(delta[n], alpha=lam)
     return grad
 
 
@@ -116,6 +124,19 @@ OptimizerState = dict[str, tuple[Tensor, ...]]
 def _initial_state(theta: Params, config: InnerConfig) -> OptimizerState:
     buffers = {"gd": 0, "momentum": 1, "adam": 2}[config.optimizer]
     return {n: tuple(torch.zeros_like(p) for _ in range(buffers)) for n, p in theta.items()}
+
+
+def safe_sqrt(x: Tensor) -> Tensor:
+    """√x for x ≥ 0 with a finite derivative at 0.
+
+    The value is that of ``x.sqrt()``; the derivative at x = 0 is taken as 0 instead of
+    +inf. Adam's second moment s is exactly 0 where a parameter's inner gradient is exactly
+    0 (e.g. conv biases followed by BatchNorm); there ds = 2g·dg = 0 as well, and the plain
+    sqrt's inf·0 made MAML's meta-gradient NaN.
+    """
+    positive = x > 0
+    root = torch.where(positive, x, torch.ones_like(x)).sqrt()
+    return torch.where(positive, root, torch.zeros_like(x))
 
 
 def _update(
@@ -132,7 +153,7 @@ def _update(
     m = beta1 * state[0] + (1 - beta1) * grad
     s = beta2 * state[1] + (1 - beta2) * grad**2
     c1, c2 = 1 - beta1**step, 1 - beta2**step
-    return p - lr * (m / c1) / ((s / c2).sqrt() + config.eps), (m, s)
+    return p - lr * (m / c1) / (safe_sqrt(s / c2) + config.eps), (m, s)
 
 
 def _update_in_place(p: Tensor, grad: Tensor, state: tuple[Tensor, ...], step: int,
@@ -165,42 +186,64 @@ def loss_gradient(loss: LossFn, params: Params, data: Data, *, in_place: bool = 
 def _solve_functional(
     theta: Params, loss: LossFn, support: Data, query: Data, v: float, config: InnerConfig
 ) -> Params:
-    phi, state = dict(theta), _initial_state(theta, config)
+    delta, state = zeros_like(theta), _initial_state(theta, config)
     for step in range(1, config.steps + 1):
-        grad = _objective_grad(phi, theta, loss, support, query, v, config.lam)
-        updated = {n: _update(phi[n], grad[n], state[n], step, config) for n in phi}
-        phi = {n: value for n, (value, _) in updated.items()}
+        phi = {n: theta[n] + delta[n] for n in theta}
+        grad = _objective_grad(phi, delta, loss, support, query, v, config.lam)
+        updated = {n: _update(delta[n], grad[n], state[n], step, config) for n in delta}
+        delta = {n: value for n, (value, _) in updated.items()}
         state = {n: buffers for n, (_, buffers) in updated.items()}
-    return phi
+    return delta
 
 
 def _solve_in_place(
     theta: Params, loss: LossFn, support: Data, query: Data, v: float, config: InnerConfig
 ) -> Params:
+    delta = {n: torch.zeros_like(p) for n, p in theta.items()}
     phi = {n: p.detach().clone().requires_grad_() for n, p in theta.items()}
     state = _initial_state(theta, config)
     for step in range(1, config.steps + 1):
-        grad = _objective_grad_in_place(phi, theta, loss, support, query, v, config.lam)
+        grad = _objective_grad_in_place(phi, delta, loss, support, query, v, config.lam)
         with torch.no_grad():
             for n, p in phi.items():
-                _update_in_place(p, grad[n], state[n], step, config)
+                _update_in_place(delta[n], grad[n], state[n], step, config)
+                torch.add(theta[n], delta[n], out=p)
         del grad  # freed before the next step's backward allocates a new one
-    return {n: p.detach() for n, p in phi.items()}
+    return delta
+
+
+def solve_displacement(
+    theta: Params, loss: LossFn, support: Data, query: Data, v: float, config: InnerConfig,
+    *, in_place: bool = False,
+) -> Params:
+    """K optimizer steps on the proximal objective from Δ₀ = 0; returns Δ_K = φ_K − θ.
+
+    The iterates are the displacement Δ = φ − θ and the model is evaluated at θ + Δ, so Δ
+    is stored to its own relative precision (eps·‖Δ‖) instead of θ's (eps·‖θ‖): the
+    digits a finite difference of two solutions needs (FO-B-MAML's Δ₊ − Δ₋, ~ν·‖∇f‖/λ)
+    survive in float32. The steps are those of ``solve`` (every optimizer here is
+    shift-invariant: a step depends on the gradient only), so θ + Δ_K is φ_K up to rounding.
+
+    Default: pure and differentiable in θ, so it composes with torch.func transforms (MAML
+    differentiates through it, vmap batches it over tasks) and with autograd. ``in_place=True``
+    (chosen by the batching code for a first-order method's solve, one task at a time,
+    outside any transform): the same steps run in place on detached tensors: Δ, the
+    evaluation point θ + Δ (a leaf that collects the gradient), one gradient buffer and the
+    optimizer state; both paths give the same iterates up to rounding.
+    """
+    if not in_place:
+        return _solve_functional(theta, loss, support, query, v, config)
+    return _solve_in_place(theta, loss, support, query, v, config)
 
 
 def solve(
     theta: Params, loss: LossFn, support: Data, query: Data, v: float, config: InnerConfig,
     *, in_place: bool = False,
 ) -> Params:
-    """K optimizer steps on the proximal objective from φ₀ = θ; returns φ_K.
+    """K optimizer steps on the proximal objective from φ₀ = θ; returns φ_K = θ + Δ_K.
 
-    Default: pure and differentiable in θ, so it composes with torch.func transforms (MAML
-    differentiates through it, vmap batches it over tasks) and with autograd. ``in_place=True``
-    (chosen by the batching code for a first-order method's solve, one task at a time,
-    outside any transform): the same steps run in place on one detached copy of θ with one
-    gradient buffer, so the solve's working set is φ, ∇φ and one data set's activations;
-    both paths give the same iterates up to rounding.
+    See :func:`solve_displacement` (the iterates are Δ = φ − θ; ``in_place`` as there);
+    differentiable in θ the same way when not in place, so MAML backpropagates through it.
     """
-    if not in_place:
-        return _solve_functional(theta, loss, support, query, v, config)
-    return _solve_in_place(theta, loss, support, query, v, config)
+    delta = solve_displacement(theta, loss, support, query, v, config, in_place=in_place)
+    return {n: theta[n] + delta[n] for n in theta}

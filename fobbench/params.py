@@ -11,6 +11,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from fobbench.errors import FobbenchError
+
 Params = dict[str, Tensor]
 """Parameters by name, as ``dict(model.named_parameters())`` gives them."""
 
@@ -82,10 +84,36 @@ def relative_error(estimate: Params, truth: Params) -> float:
     return float(diff / sq_norm(truth).sqrt().clamp_min(torch.finfo(diff.dtype).tiny))
 
 
+def check_functional(model: nn.Module) -> None:
+    """Refuse a model whose forward mutates buffers: BatchNorm with ``track_running_stats=True``
+    in train mode.
+
+    Such a layer updates running_mean/var/num_batches_tracked on every call: under vmap that
+    is a raw functorch error, and in a loop every inner step of every method would silently
+    rewrite the caller's model. One line naming the module instead (FobbenchError).
+    """
+    for name, module in model.named_modules():
+        tracking = isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats
+        if tracking and module.training:
+            raise FobbenchError(
+                f"model module '{name or type(module).__name__}' ({type(module).__name__}) tracks running "
+                "statistics in train mode, which every inner step would overwrite; build it with "
+                "track_running_stats=False (batch statistics, as MAML does), put it in eval mode, or call "
+                "torch.func.replace_all_batch_norm_modules_(model)")
+
+
 def classification_loss(model: nn.Module) -> LossFn:
-    """Cross-entropy of ``model`` on ``(x, y)`` as a functional loss of a parameter dict."""
+    """Cross-entropy of ``model`` on ``(x, y)`` as a functional loss of a parameter dict.
+
+    Checks the model with :func:`check_functional` now and before every call (a cheap test of
+    its BatchNorm layers), so a model switched to train mode later is caught too.
+    """
+    check_functional(model)
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
     def loss(params: Params, data: Data) -> Tensor:
+        if any(m.training and m.track_running_stats for m in norms):
+            check_functional(model)
         x, y = data
         logits = torch.func.functional_call(model, params, (x,))
         return nn.functional.cross_entropy(logits, y)

@@ -95,7 +95,7 @@ def test_convnet_sweep_runs(cli, tmp_path: Path) -> None:
         (("--seq", "0"), "--seq"),
         (("--seq", ""), "--seq: empty value"),
         (("--seq", "32,"), "--seq: '32,' has an empty item"),
-        (("--seq", "8", "--lam", "-1"), "--lam (λ) must be > 0"),
+        (("--seq", "8", "--lam", "-1"), "--lam (λ) must be"),
         (("--seq", "8", "--nu", "0"), "--nu (ν) must be"),
         (("--seq", "8", "--methods", "exact"), "exact is gradcheck-only"),
         (("--seq", "8", "--methods", "maml,bogus"), "bogus"),

@@ -87,7 +87,8 @@ def test_resume_reproduces_an_uninterrupted_run(cli, tmp_path: Path) -> None:
         return frame[[*keys, "value", "config_hash"]].sort_values(keys).reset_index(drop=True)
 
     a, b = stable(straight), stable(broken)
-    assert len(a) == 2 * 2 * 3 * 5  # methods × seeds × evaluations (0, 2, 4) × metrics
+    # seeds × evaluations (0, 2, 4) × metrics (FO-B-MAML also records the ν it used)
+    assert len(a) == 2 * 3 * (6 + 5)
     pd.testing.assert_frame_equal(a, b, check_exact=True)
     # Seeds differ, and both methods start from the same θ₀ and tasks (same iteration-0 rows).
     acc0 = a[(a["iteration"] == 0) & (a["metric"] == "eval_acc")].set_index(["method", "seed"])["value"]
@@ -204,6 +205,20 @@ def test_summary_uses_seed_intervals_for_several_seeds() -> None:
     assert row["final_ci95"] == pytest.approx(stats.t.ppf(0.975, 2) * 0.05 / math.sqrt(3))
 
 
+def test_summary_keeps_the_two_inner_protocols_apart() -> None:
+    """The same method under `proximal` and `published` is two lines, labelled by protocol."""
+    rows = []
+    for protocol, lam, acc in (("proximal", 2.0, 0.9), ("published", 0.0, 0.7)):
+        for iteration, value in ((0, 0.4), (100, acc)):
+            rows.append({"benchmark": "train.mnist1d", "method": "maml", "ways": 3, "shots": 5, "queries": 10,
+                         "lam": lam, "inner_protocol": protocol, "run_id": "r", "seed": 0,
+                         "iteration": iteration, "metric": "eval_acc", "value": value, "device_name": "cpu"})
+    table = figures.summarize(pd.DataFrame(rows))
+    labels = dict(zip(table["final_acc"], table["label"], strict=True))
+    assert labels == {0.7: "maml · lam=0.0 · inner_protocol=published",
+                      0.9: "maml · lam=2.0 · inner_protocol=proximal"}
+
+
 @pytest.mark.parametrize("args, message", [
     (("--methods", "exact"), "--methods: exact is gradcheck-only"),
     (("--method", "exact"), "--method: exact is gradcheck-only"),
@@ -212,7 +227,7 @@ def test_summary_uses_seed_intervals_for_several_seeds() -> None:
     (("--outer", "rmsprop"), "--outer"),
     (("--eval-tasks", "1"), "--eval-tasks"),
     (("--lam", "0"), "--lam (λ) must be > 0"),
-    (("--lam", "-1"), "--lam (λ) must be > 0"),
+    (("--lam", "-1"), "--lam (λ) must be"),
     (("--nu", "0"), "--nu (ν) must be"),
     (("--out", "a.csv", "--resume", "b.csv"), "either --out or --resume"),
 ])

@@ -20,6 +20,7 @@ from typing import Annotated, Any
 import typer
 
 from fobbench.errors import FobbenchError
+from fobbench.estimators.nu_rule import AUTO
 
 
 @dataclass(frozen=True)
@@ -124,3 +125,17 @@ def command(body: Callable[[dict[str, Any]], None], options: Sequence[Opt], alia
     run.__annotations__ = {p.name: p.annotation for p in parameters}
     run.__doc__ = doc
     return run
+
+
+NU_AUTO_HELP = ", or auto: chosen from θ's dtype, λ and the method's bias order (see README)"
+"""Appended to ``--nu``'s help where the command accepts ``auto``."""
+
+
+def parse_nu(text: str, option: str = "--nu") -> float | str:
+    """A ``--nu`` value: a number or ``auto``; anything else is a one-line error naming the option."""
+    if str(text).strip().lower() == AUTO:
+        return AUTO
+    try:
+        return float(text)
+    except ValueError:
+        raise FobbenchError(f"{option} must be a non-zero number or 'auto' (got '{text}')") from None

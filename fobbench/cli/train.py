@@ -13,9 +13,9 @@ from rich.table import Table
 
 from fobbench.cli import options
 from fobbench.cli.app import app
-from fobbench.cli.options import opt
+from fobbench.cli.options import NU_AUTO_HELP, opt, parse_nu
 from fobbench.errors import FobbenchError
-from fobbench.estimators import EstimatorConfig, hyperparameter_help, names, parse_methods
+from fobbench.estimators import EstimatorConfig, get, hyperparameter_help, names, parse_methods
 from fobbench.experiments import runner
 from fobbench.experiments import train as experiment
 from fobbench.figures import train as figures
@@ -44,8 +44,13 @@ SHARED = (
     opt("inner_optimizer", str, "gd", help="Inner solver: gd, momentum or adam."),
     opt("meta_lr", float, 3e-3, help="Outer (meta) step size."),
     opt("outer", str, "adam", help="Outer optimizer: sgd, clipped, sngdm or adam."),
-    opt("lam", float, 2.0, help="Proximal strength λ > 0 of the inner problem."),
-    opt("nu", float, 0.1, help=hyperparameter_help("nu")),
+    opt("lam", float, 2.0,
+        help="Proximal strength λ of the inner problem (> 0; 0 only for "
+             f"{', '.join(n for n in names(trainable=True) if not get(n).proximal)})."),
+    opt("nu", str, "0.1", help=hyperparameter_help("nu").rstrip(".") + NU_AUTO_HELP + "."),
+    opt("inner_protocol", str, "proximal",
+        help=f"{hyperparameter_help('inner_protocol')} Under published, λ = 0 for "
+             f"{', '.join(n for n in names(trainable=True) if not get(n).proximal)}."),
     opt("cg_steps", int, 5, help=hyperparameter_help("cg_steps")),
     opt("es_samples", int, 16, help=hyperparameter_help("es_samples")),
     opt("es_sigma", float, 0.01, help=hyperparameter_help("es_sigma")),
@@ -82,8 +87,9 @@ def _config(p: Mapping[str, Any], check_only: bool = False) -> experiment.TrainC
                            allow_exact=False)
     inner = InnerConfig(steps=p["inner_steps"], lr=p["inner_lr"], lam=p["lam"],
                         optimizer=p["inner_optimizer"])
-    estimator = EstimatorConfig(inner=inner, nu=p["nu"], cg_steps=p["cg_steps"], es_samples=p["es_samples"],
-                                es_sigma=p["es_sigma"])
+    estimator = EstimatorConfig(inner=inner, nu=parse_nu(p["nu"]), cg_steps=p["cg_steps"],
+                                es_samples=p["es_samples"], es_sigma=p["es_sigma"],
+                                inner_protocol=p["inner_protocol"])
     return experiment.TrainConfig(
         methods=tuple(dict.fromkeys(chosen)), estimator=estimator, seeds=parse_seeds(str(p["seeds"])),
         iterations=p["iterations"], meta_batch=p["meta_batch"], meta_lr=p["meta_lr"], outer=p["outer"],

@@ -27,6 +27,7 @@ import torch
 
 from fobbench.errors import FobbenchError
 from fobbench.estimators.base import (
+    PROTOCOLS,
     REGISTRY,
     Estimator,
     EstimatorConfig,
@@ -34,6 +35,7 @@ from fobbench.estimators.base import (
     accumulates,
     get,
     hyperparameter_help,
+    method_config,
     names,
     parse_methods,
     rank_of,
@@ -44,9 +46,9 @@ from fobbench.params import Data, LossFn, Params, detached, zeros_like
 BATCHING = ("vmap", "loop")
 
 __all__ = [
-    "BATCHING", "REGISTRY", "Estimator", "EstimatorConfig", "FloorPasses", "MetaGradient", "accumulates",
-    "get", "hyperparameter_help", "meta_gradient", "names", "parse_methods", "per_task", "rank_of",
-    "register",
+    "BATCHING", "PROTOCOLS", "REGISTRY", "Estimator", "EstimatorConfig", "FloorPasses", "MetaGradient",
+    "accumulates", "get", "hyperparameter_help", "meta_gradient", "method_config", "names", "parse_methods",
+    "per_task", "rank_of", "register",
 ]
 
 # Every module of this package registers its method on import: adding an estimator is adding
@@ -65,12 +67,15 @@ class MetaGradient:
         tasks: number of tasks averaged.
         seconds: wall time of the estimate (s).
         batching: ``vmap`` or ``loop``.
+        nu: the ν FO-B-MAML ran with (the ``--nu auto`` choice included); None for methods
+            without ν.
     """
 
     grad: Params
     tasks: int
     seconds: float
     batching: str
+    nu: float | None = None
 
 
 def _task_count(support: Data) -> int:
@@ -112,6 +117,7 @@ def per_task(method: str, theta: Params, loss: LossFn, support: Data, query: Dat
         generator: seeds ES-MAML's Gaussian directions.
     """
     estimator = get(method)
+    config = method_config(estimator, config)
     if batching not in BATCHING:
         raise FobbenchError(f"unknown batching '{batching}' (choose from {', '.join(BATCHING)})")
     if chunk_size is not None and chunk_size < 1:
@@ -143,8 +149,9 @@ def meta_gradient(method: str, theta: Params, loss: LossFn, support: Data, query
     """
     start = time.perf_counter()
     tasks = _task_count(support)
+    estimator = get(method)
+    config = method_config(estimator, config)  # e.g. λ = 0 for plain methods under `published`
     if batching == "loop":
-        estimator = get(method)
         theta_d = detached(theta)
         noise = _noise(estimator, theta_d, tasks, config, generator)
         grad = zeros_like(theta_d)
@@ -156,4 +163,6 @@ def meta_gradient(method: str, theta: Params, loss: LossFn, support: Data, query
     else:
         stacked = per_task(method, theta, loss, support, query, config, batching, chunk_size, generator)
         grad = {n: v.mean(dim=0) for n, v in stacked.items()}
-    return MetaGradient(grad=grad, tasks=tasks, seconds=time.perf_counter() - start, batching=batching)
+    nu = estimator.nu(config, next(iter(theta.values())).dtype)
+    return MetaGradient(grad=grad, tasks=tasks, seconds=time.perf_counter() - start, batching=batching,
+                        nu=nu)

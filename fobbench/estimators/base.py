@@ -7,9 +7,29 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
+import torch
+
 from fobbench.errors import FobbenchError
+from fobbench.estimators.nu_rule import AUTO, auto_nu
 from fobbench.inner import InnerConfig
 from fobbench.params import Data, LossFn, Params
+
+PROTOCOLS = ("proximal", "published")
+"""Inner-objective protocols of a run (DESIGN.md, "One inner solver for all"):
+
+- ``proximal``: every method adapts on f̂ + λ/2‖φ − θ‖², so differences between methods
+  come from the estimator alone (B-MAML's set-up).
+- ``published``: each method adapts on the inner problem it was published with. MAML,
+  FO-MAML, Reptile and ES-MAML take plain gradient steps on f̂ (λ = 0; Finn et al. 2017,
+  Nichol et al. 2018, Song et al. 2020); FO-B-MAML and iMAML keep λ, which their
+  estimators need (registry flag ``proximal``).
+"""
+
+
+PUBLISHED_IMAML_DAMPING = (1.0, 10.0)
+"""(ρ, τ) of the iMAML authors' code (aravindr93/imaml_dev: ``matrix_evaluator(task, lam,
+regu_coef=cg_damping=1.0, lam_damping=10.0)``, operator (1 + ρ)v + Hv/(λ + τ)); their
+Omniglot command uses λ = 2, 5 CG steps, 16 inner GD steps at inner lr 0.1."""
 
 
 @dataclass(frozen=True)
@@ -18,29 +38,51 @@ class EstimatorConfig:
 
     Attributes:
         inner: the inner solver (K, α, λ, optimizer) used by every method alike.
-        nu: ν, the FO-B-MAML perturbation (default 0.1, the paper's value); ν ≠ 0.
+        nu: ν, the FO-B-MAML perturbation (default 0.1, the paper's value); ν ≠ 0, or
+            ``"auto"``: chosen per call from θ's dtype by :func:`fobbench.estimators.nu_rule.auto_nu`.
         cg_steps: conjugate-gradient steps of iMAML (default 5; the paper also uses 2).
         es_samples: antithetic Gaussian directions of ES-MAML (default 16).
         es_sigma: smoothing radius σ of ES-MAML (default 0.01).
         exact_newton_steps: Newton iterations of ``exact`` on a dense Hessian (default 30).
+        inner_protocol: ``proximal`` (default: every method on the proximal problem) or
+            ``published`` (each method's own inner problem; see :data:`PROTOCOLS`).
+        cg_damping: iMAML's damping (ρ, τ) of the CG operator (1 + ρ)·v + ∇²f̂·v/(λ + τ);
+            None (default): (0, 0), the undamped B-MAML system (eq. 8) under ``proximal``,
+            and the iMAML authors' (1.0, 10.0) under ``published`` (their released code,
+            ``regu_coef=1`` with ``lam_damping=10``, at λ = 2 and 5 CG steps).
         in_place: set by the batching code (never by users, never hashed): True when tasks run
             one at a time outside any torch.func transform, so first-order methods may solve in
             place and take query gradients with plain autograd (``inner.solve(in_place=...)``).
     """
 
     inner: InnerConfig = field(default_factory=InnerConfig)
-    nu: float = field(default=0.1, metadata={"help": "ν, the FO-B-MAML perturbation (≠ 0)."})
+    nu: float | str = field(default=0.1, metadata={"help": "ν, the FO-B-MAML perturbation (≠ 0)."})
     cg_steps: int = field(default=5, metadata={"help": "iMAML conjugate-gradient steps."})
     es_samples: int = field(default=16, metadata={"help": "ES-MAML antithetic Gaussian directions."})
     es_sigma: float = field(default=0.01, metadata={"help": "ES-MAML smoothing radius σ."})
     exact_newton_steps: int = field(default=30, metadata={"help": "Newton iterations of the exact solve."})
+    inner_protocol: str = field(default="proximal", metadata={
+        "help": "Inner problem: proximal (every method on f̂ + λ/2‖φ−θ‖²) or published (the methods "
+                "published without a proximal term on f̂ alone, λ = 0; the others keep λ)."})
+    cg_damping: tuple[float, float] | None = None
     in_place: bool = field(default=False, compare=False, repr=False)
 
+    def imaml_damping(self) -> tuple[float, float]:
+        """(ρ, τ) of iMAML's CG operator under this configuration (see ``cg_damping``)."""
+        if self.cg_damping is not None:
+            return self.cg_damping
+        return PUBLISHED_IMAML_DAMPING if self.inner_protocol == "published" else (0.0, 0.0)
+
     def __post_init__(self) -> None:
-        if not math.isfinite(self.nu) or self.nu == 0:
-            raise FobbenchError(f"--nu (ν) must be a non-zero finite number (got {self.nu})")
+        if self.inner_protocol not in PROTOCOLS:
+            raise FobbenchError(
+                f"--inner-protocol: unknown '{self.inner_protocol}' (choose from {', '.join(PROTOCOLS)})")
+        if self.nu != AUTO and (isinstance(self.nu, str) or not math.isfinite(self.nu) or self.nu == 0):
+            raise FobbenchError(f"--nu (ν) must be a non-zero finite number or 'auto' (got {self.nu})")
         if not isinstance(self.cg_steps, int) or self.cg_steps < 1:
             raise FobbenchError(f"--cg-steps must be an integer >= 1 (got {self.cg_steps})")
+        if self.cg_damping is not None and not all(math.isfinite(d) and d >= 0 for d in self.cg_damping):
+            raise FobbenchError(f"--cg-damping must be two numbers >= 0 (got {self.cg_damping})")
         if not isinstance(self.es_samples, int) or self.es_samples < 1:
             raise FobbenchError(f"--es-samples must be an integer >= 1 (got {self.es_samples})")
         if not (self.es_sigma > 0 and math.isfinite(self.es_sigma)):
@@ -106,13 +148,19 @@ class Estimator:
         sweeps: a hyperparameter ``gradcheck`` runs the method once per value of (iMAML's
             ``cg_steps``); None: one run.
         theory_nu: exponent of the bias in ν with an exact inner solve (Prop. 2), or None.
+            ``--nu auto`` balances a bias of this order against rounding
+            (:func:`fobbench.estimators.nu_rule.auto_nu`).
         theory_delta: exponent of the error in the inner precision δ at the best ν
             (Corollary 1), or None.
         stencil: for a finite difference of perturbed proximal solutions, its
             (multiple of ν, coefficient) pairs: g = −λ/ν · Σ c·φ_{m·ν}. gradcheck's
-            Corollary 1 model evaluates it on perturbed closed-form solutions.
+            Corollary 1 model evaluates it on perturbed closed-form solutions; its largest
+            |m| bounds ``--nu auto``'s choice (the farthest perturbation stays ≤ 0.5).
         fit_nus: (low, high) ν span on which the bias term dominates on gradcheck's default
             quadratic (the ν-rate fit's default range), or None for gradcheck's own default.
+        proximal: True when the method's estimator needs the proximal term (λ > 0) in every
+            protocol (FO-B-MAML, iMAML, exact); False when its published inner problem is
+            plain steps on f̂ (λ = 0 under the ``published`` protocol).
     """
 
     name: str
@@ -130,6 +178,7 @@ class Estimator:
     theory_delta: float | None = None
     stencil: tuple[tuple[float, float], ...] | None = None
     fit_nus: tuple[float, float] | None = None
+    proximal: bool = True
 
     @property
     def uses_nu(self) -> bool:
@@ -146,6 +195,19 @@ class Estimator:
     def trainable(self) -> bool:
         """False for exact methods, which need a dense Hessian (no network training)."""
         return not self.is_exact
+
+    def nu(self, config: EstimatorConfig, dtype: torch.dtype) -> float | None:
+        """The ν this method runs with for θ of ``dtype``: ``config.nu``, or the ``auto`` rule
+        (:func:`fobbench.estimators.nu_rule.auto_nu`, from the registered bias order
+        ``theory_nu`` and the stencil's reach); None for methods without ν."""
+        if not self.uses_nu:
+            return None
+        if config.nu == AUTO:
+            if self.theory_nu is None:
+                raise FobbenchError(f"--nu auto: {self.name} declares no bias order in ν (theory_nu)")
+            reach = max(abs(m) for m, _ in self.stencil) if self.stencil else 1.0
+            return auto_nu(dtype, self.theory_nu, config.inner.lam, reach)
+        return float(config.nu)
 
     def accumulate(self, theta: Params, loss: LossFn, support: Data, query: Data,
                    config: EstimatorConfig, noise: Params | None, total: Params) -> None:
@@ -217,6 +279,31 @@ def accumulates(name: str) -> Callable[[AccumulateFn], AccumulateFn]:
         return fn
 
     return wrap
+
+
+def method_config(estimator: Estimator, config: EstimatorConfig) -> EstimatorConfig:
+    """The settings ``estimator`` actually runs with under ``config.inner_protocol``.
+
+    ``published``: a method with ``proximal=False`` adapts with λ = 0. A method that needs
+    the proximal term refuses λ = 0 with a one-line error naming ``--lam``.
+    """
+    if estimator.proximal:
+        if config.inner.lam <= 0:
+            raise FobbenchError(
+                f"--lam (λ) must be > 0 for {estimator.name} (its estimator needs the proximal term)")
+        return config
+    if config.inner_protocol == "published" and config.inner.lam != 0:
+        return replace(config, inner=replace(config.inner, lam=0.0))
+    return config
+
+
+def nu_of(name: str, config: EstimatorConfig, theta: Params) -> float:
+    """The ν the registered method ``name`` runs with on θ: ``config.nu``, or ``--nu auto``'s
+    choice for θ's dtype (:meth:`Estimator.nu`, which also reports it)."""
+    nu = get(name).nu(config, next(iter(theta.values())).dtype)
+    if nu is None:
+        raise FobbenchError(f"{name} does not use ν (declare hyperparameters=('nu',))")
+    return nu
 
 
 def get(name: str) -> Estimator:

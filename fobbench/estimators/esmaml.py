@@ -13,7 +13,7 @@ from fobbench.params import Data, LossFn, Params, add
 
 
 @register("esmaml", "Gaussian smoothing of F, antithetic (§3.4)", order="zeroth", needs_noise=True,
-          rank=50, hyperparameters=("es_samples", "es_sigma"),
+          rank=50, hyperparameters=("es_samples", "es_sigma"), proximal=False,
           floor=lambda c: FloorPasses(both=0, support=2 * c.es_samples * c.inner.steps, query=0))
 def esmaml(theta: Params, loss: LossFn, support: Data, query: Data, config: EstimatorConfig,
            noise: Params | None = None) -> Params:

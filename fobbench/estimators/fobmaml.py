@@ -1,5 +1,9 @@
 """FO-B-MAML: finite differences of perturbed proximal solutions, eqs. (12) and (13).
 
+The solutions are taken as displacements Δ_v = φ_v − θ (:func:`~fobbench.inner.solve_displacement`),
+so −λ(φ_ν − φ_−ν)/(2ν) = −λ(Δ_ν − Δ_−ν)/(2ν) is formed from numbers stored to Δ's own
+precision: in float32 the rounding floor is ~eps·‖Δ‖/ν instead of ~eps·‖θ‖/ν.
+
 The two inner problems are solved one after the other. Summed over tasks (``loop``
 batching) each solution is added into the meta-gradient buffer as soon as it is solved,
 so only one solution is ever held; the per-task form keeps both and subtracts them.
@@ -7,25 +11,25 @@ so only one solution is ever held; the per-task form keeps both and subtracts th
 
 from __future__ import annotations
 
-from fobbench.estimators.base import EstimatorConfig, FloorPasses, accumulates, register
-from fobbench.inner import solve
+from fobbench.estimators.base import EstimatorConfig, FloorPasses, accumulates, nu_of, register
+from fobbench.inner import solve_displacement
 from fobbench.params import Data, LossFn, Params
 
 
-def _fold(total: Params, phi: Params, theta: Params, scale: float) -> None:
-    """total += scale·(φ − θ), in place. Both terms are taken relative to θ so that the
-    difference of the two solutions loses no more precision than subtracting them directly."""
+def fold(total: Params, delta: Params, scale: float) -> None:
+    """total += scale·Δ, in place."""
     for name, value in total.items():
-        value.add_(phi[name] - theta[name], alpha=scale)
+        value.add_(delta[name], alpha=scale)
 
 
 def _difference(theta: Params, loss: LossFn, support: Data, query: Data, config: EstimatorConfig,
                 high: float, low: float) -> Params:
-    """−λ(φ_high − φ_low)/(high − low): the finite difference of two perturbed solutions."""
+    """−λ(φ_high − φ_low)/(high − low) = −λ(Δ_high − Δ_low)/(high − low): the finite
+    difference of two perturbed solutions."""
     scale = -config.inner.lam / (high - low)
-    phi_high = solve(theta, loss, support, query, high, config.inner, in_place=config.in_place)
-    phi_low = solve(theta, loss, support, query, low, config.inner, in_place=config.in_place)
-    return {n: scale * (phi_high[n] - phi_low[n]) for n in theta}
+    delta_high = solve_displacement(theta, loss, support, query, high, config.inner, in_place=config.in_place)
+    delta_low = solve_displacement(theta, loss, support, query, low, config.inner, in_place=config.in_place)
+    return {n: scale * (delta_high[n] - delta_low[n]) for n in theta}
 
 
 def _difference_into(theta: Params, loss: LossFn, support: Data, query: Data, config: EstimatorConfig,
@@ -33,8 +37,9 @@ def _difference_into(theta: Params, loss: LossFn, support: Data, query: Data, co
     """total += :func:`_difference`, one solution at a time."""
     scale = config.inner.lam / (high - low)
     for v, weight in ((high, -scale), (low, scale)):
-        _fold(total, solve(theta, loss, support, query, v, config.inner, in_place=config.in_place), theta,
-              weight)
+        delta = solve_displacement(theta, loss, support, query, v, config.inner, in_place=config.in_place)
+        fold(total, delta, weight)
+        del delta  # freed before the next solve: one solution alive at a time
 
 
 @register("fobmaml-forward", "−λ(φ_ν − φ_0)/ν, eq. (12)", order="first", rank=60,
@@ -43,14 +48,14 @@ def _difference_into(theta: Params, loss: LossFn, support: Data, query: Data, co
 def fobmaml_forward(theta: Params, loss: LossFn, support: Data, query: Data,
                     config: EstimatorConfig, noise: Params | None = None) -> Params:
     """Forward difference: bias O(λν) with an exact solve (Prop. 2)."""
-    return _difference(theta, loss, support, query, config, config.nu, 0.0)
+    return _difference(theta, loss, support, query, config, nu_of("fobmaml-forward", config, theta), 0.0)
 
 
 @accumulates("fobmaml-forward")
 def fobmaml_forward_into(theta: Params, loss: LossFn, support: Data, query: Data,
                          config: EstimatorConfig, noise: Params | None, total: Params) -> None:
     """total += eq. (12)."""
-    _difference_into(theta, loss, support, query, config, config.nu, 0.0, total)
+    _difference_into(theta, loss, support, query, config, nu_of("fobmaml-forward", config, theta), 0.0, total)
 
 
 @register("fobmaml-sym", "−λ(φ_ν − φ_−ν)/(2ν), eq. (13)", order="first", rank=70,
@@ -60,11 +65,13 @@ def fobmaml_forward_into(theta: Params, loss: LossFn, support: Data, query: Data
 def fobmaml_sym(theta: Params, loss: LossFn, support: Data, query: Data,
                 config: EstimatorConfig, noise: Params | None = None) -> Params:
     """Symmetric difference: bias O(λν²) with an exact solve (Prop. 2)."""
-    return _difference(theta, loss, support, query, config, config.nu, -config.nu)
+    nu = nu_of("fobmaml-sym", config, theta)
+    return _difference(theta, loss, support, query, config, nu, -nu)
 
 
 @accumulates("fobmaml-sym")
 def fobmaml_sym_into(theta: Params, loss: LossFn, support: Data, query: Data,
                      config: EstimatorConfig, noise: Params | None, total: Params) -> None:
     """total += eq. (13)."""
-    _difference_into(theta, loss, support, query, config, config.nu, -config.nu, total)
+    nu = nu_of("fobmaml-sym", config, theta)
+    _difference_into(theta, loss, support, query, config, nu, -nu, total)

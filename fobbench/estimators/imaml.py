@@ -37,23 +37,27 @@ def conjugate_gradient(operator, b: Params, steps: int) -> Params:
     return x
 
 
-@register("imaml", "CG on (I + ∇²f̂(φ_K)/λ) v = ∇f(φ_K)", order="second", rank=40,
-          hyperparameters=("cg_steps",), sweeps="cg_steps")
+@register("imaml", "CG on ((1+ρ)I + ∇²f̂(φ_K)/(λ+τ)) v = ∇f(φ_K)", order="second", rank=40,
+          hyperparameters=("cg_steps", "cg_damping"), sweeps="cg_steps")
 def imaml(theta: Params, loss: LossFn, support: Data, query: Data, config: EstimatorConfig,
           noise: Params | None = None) -> Params:
     """Implicit meta-gradient (eq. 8) at the inexact inner solution φ_K.
 
     Assumes λ exceeds the most negative eigenvalue of ∇²f̂(φ_K) in magnitude, so that
     I + ∇²f̂/λ is positive definite; otherwise CG is truncated at the first direction of
-    non-positive curvature.
+    non-positive curvature. With damping (ρ, τ) = ``config.imaml_damping()`` the operator
+    is (1 + ρ)I + ∇²f̂/(λ + τ), as in the iMAML authors' code (default under the
+    ``published`` protocol: (1, 10), which keeps it positive definite for ∇²f̂ ≻ −24 I at
+    λ = 2); (0, 0) is the B-MAML system itself.
     """
     phi = solve(theta, loss, support, query, 0.0, config.inner, in_place=config.in_place)
     rhs = loss_gradient(loss, phi, query, in_place=config.in_place)
-    lam = config.inner.lam
+    regu, lam_damping = config.imaml_damping()
+    diagonal, lam = 1.0 + regu, config.inner.lam + lam_damping
     train_grad = torch.func.grad(loss)
 
     def operator(vector: Params) -> Params:
         _, hvp = torch.func.jvp(lambda p: train_grad(p, support), (phi,), (vector,))
-        return {n: vector[n] + hvp[n] / lam for n in vector}
+        return {n: diagonal * vector[n] + hvp[n] / lam for n in vector}
 
     return conjugate_gradient(operator, rhs, config.cg_steps)

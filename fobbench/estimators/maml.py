@@ -9,7 +9,8 @@ from fobbench.inner import solve
 from fobbench.params import Data, LossFn, Params
 
 
-@register("maml", "backprop through the K unrolled inner steps", order="second", rank=10)
+@register("maml", "backprop through the K unrolled inner steps", order="second", rank=10,
+          proximal=False)
 def maml(theta: Params, loss: LossFn, support: Data, query: Data, config: EstimatorConfig,
          noise: Params | None = None) -> Params:
     """∇_θ f(φ_K(θ)) with φ_K the inner solver's output, differentiated exactly."""

@@ -12,46 +12,54 @@ so the bias is O(ν⁴) (error vs ν slope 4), at the price of four inner solves
 at ν ~ δ^{1/5}: O(δ^{4/5}), by Corollary 1's argument. The perturbation 2ν must keep the
 inner problem strongly convex (λ above 2ν times the most negative eigenvalue of ∇²f).
 
+The solutions are taken as displacements Δ_v = φ_v − θ (:func:`~fobbench.inner.solve_displacement`),
+as for the symmetric estimator, so the stencil is formed from numbers stored to Δ's own precision.
 The solves run one after another; summed over tasks (``loop`` batching) each solution is
 added into the meta-gradient buffer as soon as it is solved, so only one is held at a time.
+``--nu auto`` balances the O(ν⁴) bias against rounding and keeps 2ν ≤ 0.5
+(:func:`fobbench.estimators.nu_rule.auto_nu` with the registered ``theory_nu`` and stencil).
 """
 
 from __future__ import annotations
 
-from fobbench.estimators.base import EstimatorConfig, FloorPasses, accumulates, register
-from fobbench.inner import solve
+from fobbench.estimators.base import EstimatorConfig, FloorPasses, accumulates, nu_of, register
+from fobbench.estimators.fobmaml import fold
+from fobbench.inner import solve_displacement
 from fobbench.params import Data, LossFn, Params
+
+METHOD = "fobmaml-richardson"
 
 STENCIL = ((1.0, 2.0 / 3.0), (-1.0, -2.0 / 3.0), (2.0, -1.0 / 12.0), (-2.0, 1.0 / 12.0))
 """(multiple of ν, coefficient c) with g = −λ/ν · Σ c·φ_{m·ν}; the coefficients sum to 0."""
 
 
 @register(
-    "fobmaml-richardson", "(4·g_sym(ν) − g_sym(2ν))/3, Richardson-extrapolated eq. (13)", order="first",
+    METHOD, "(4·g_sym(ν) − g_sym(2ν))/3, Richardson-extrapolated eq. (13)", order="first",
     rank=75, hyperparameters=("nu",), theory_nu=4.0, theory_delta=0.8, stencil=STENCIL,
-    fit_nus=(1e-2, 1.5e-1),
+    fit_nus=(1e-2, 1.5e-1), proximal=True,
     floor=lambda c: FloorPasses(both=4 * c.inner.steps, support=0, query=0),
 )
 def fobmaml_richardson(theta: Params, loss: LossFn, support: Data, query: Data,
                        config: EstimatorConfig, noise: Params | None = None) -> Params:
-    """−λ/ν · Σ c·(φ_{mν} − θ) over :data:`STENCIL`: bias O(λν⁴) with an exact solve."""
-    scale = -config.inner.lam / config.nu
+    """−λ/ν · Σ c·Δ_{mν} over :data:`STENCIL` (Σ c = 0, so θ cancels): bias O(λν⁴) with an
+    exact solve."""
+    nu = nu_of(METHOD, config, theta)
+    scale = -config.inner.lam / nu
     total = {n: 0.0 * p for n, p in theta.items()}
     for multiple, coefficient in STENCIL:
-        phi = solve(theta, loss, support, query, multiple * config.nu, config.inner,
-                    in_place=config.in_place)
-        total = {n: total[n] + (scale * coefficient) * (phi[n] - theta[n]) for n in theta}
+        delta = solve_displacement(theta, loss, support, query, multiple * nu, config.inner,
+                                   in_place=config.in_place)
+        total = {n: total[n] + (scale * coefficient) * delta[n] for n in theta}
     return total
 
 
-@accumulates("fobmaml-richardson")
+@accumulates(METHOD)
 def fobmaml_richardson_into(theta: Params, loss: LossFn, support: Data, query: Data,
                             config: EstimatorConfig, noise: Params | None, total: Params) -> None:
-    """total += :func:`fobmaml_richardson`, one solution at a time."""
-    scale = -config.inner.lam / config.nu
+    """total += :func:`fobmaml_richardson`, one solution at a time (each Δ is folded in and
+    freed before the next solve)."""
+    nu = nu_of(METHOD, config, theta)
+    scale = -config.inner.lam / nu
     for multiple, coefficient in STENCIL:
-        phi = solve(theta, loss, support, query, multiple * config.nu, config.inner,
-                    in_place=config.in_place)
-        for name, value in total.items():
-            value.add_(phi[name] - theta[name], alpha=scale * coefficient)
-        del phi  # freed before the next solve: one solution alive at a time
+        fold(total, solve_displacement(theta, loss, support, query, multiple * nu, config.inner,
+                                       in_place=config.in_place), scale * coefficient)

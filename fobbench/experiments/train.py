@@ -36,8 +36,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fobbench.errors import FobbenchError
-from fobbench.estimators import BATCHING, EstimatorConfig, FloorPasses, get, meta_gradient
+from fobbench.errors import DivergedError, FobbenchError
+from fobbench.estimators import BATCHING, EstimatorConfig, FloorPasses, get, meta_gradient, method_config
+from fobbench.estimators.nu_rule import AUTO
 from fobbench.experiments.runner import Output, Record, Sink, Tick
 from fobbench.inner import solve
 from fobbench.meta_optim import OUTER, apply, make_outer
@@ -49,6 +50,7 @@ from fobbench.stats import t_half_width
 POINT_COLUMNS = (
     "problem", "split", "split_hash", "ways", "shots", "queries", "meta_batch", "inner_steps", "inner_lr",
     "inner_optimizer", "lam", "nu", "cg_steps", "outer", "meta_lr", "eval_tasks", "iteration",
+    "inner_protocol",
 )
 """Columns of every ``train.*`` results row that define its point."""
 
@@ -108,6 +110,7 @@ class TrainConfig:
         for name in self.methods:
             if not get(name).trainable:
                 raise FobbenchError(f"--methods: '{name}' cannot train a network (it needs a closed form)")
+            method_config(get(name), self.estimator)  # e.g. --lam 0 with a method that needs λ
         checks = (
             ("--iterations", self.iterations, 1), ("--meta-batch", self.meta_batch, 1),
             ("--eval-every", self.eval_every, 1), ("--eval-tasks", self.eval_tasks, 2),
@@ -313,11 +316,15 @@ class _Timer:
     timed: int = 0             # timed iterations (each process skips its first: warm-up)
 
 
-def settings_of(problem: FewShotProblem, config: TrainConfig) -> tuple[dict[str, object], dict[str, object]]:
+def settings_of(problem: FewShotProblem, config: TrainConfig,
+                method: str | None = None) -> tuple[dict[str, object], dict[str, object]]:
     """(point without iteration, hashed settings) of a run: the problem's description split
-    into CSV columns and the rest (data arguments, estimator constants, batching, device)."""
+    into CSV columns and the rest (data arguments, estimator constants, batching, device).
+
+    With ``method``, ``lam`` is the λ that method adapts with under the run's inner protocol
+    (0 for MAML, FO-MAML, Reptile, ES-MAML under ``published``)."""
     describe = dict(problem.describe())
-    est = config.estimator
+    est = config.estimator if method is None else method_config(get(method), config.estimator)
     point = {
         "problem": problem.name,
         "split": describe.pop("split", ""),
@@ -335,12 +342,14 @@ def settings_of(problem: FewShotProblem, config: TrainConfig) -> tuple[dict[str,
         "outer": config.outer,
         "meta_lr": config.meta_lr,
         "eval_tasks": config.eval_tasks,
+        "inner_protocol": est.inner_protocol,
     }
     for key in ("problem", "ways", "shots", "queries"):
         describe.pop(key, None)
     settings = {
         "problem_settings": describe,
         "es_samples": est.es_samples,
+        "imaml_damping": est.imaml_damping(),
         "es_sigma": est.es_sigma,
         "batching": config.batching,
         "device": config.device,
@@ -349,19 +358,32 @@ def settings_of(problem: FewShotProblem, config: TrainConfig) -> tuple[dict[str,
     return point, settings
 
 
+def _check_finite(grad: Params, method: str, seed: int, iteration: int, path: Path) -> None:
+    """Stop the run (:class:`DivergedError`, exit 1) when the meta-gradient holds NaN or inf,
+    before it reaches θ; the rows written so far stay in ``path``."""
+    bad = [n for n, g in grad.items() if not bool(torch.isfinite(g).all())]
+    if bad:
+        raise DivergedError(
+            f"train: {method} seed {seed}: the meta-gradient became non-finite at iteration {iteration} "
+            f"(first in '{bad[0]}'); rows so far are kept in {path}")
+
+
 class _MethodRun:
     """Meta-training of one (method, seed): set-up, resume, evaluation, steps, checkpoints.
 
     Built from the seed (same θ₀ for every method); :meth:`restore` continues from this run's
     checkpoint. Every random draw is a function of ``(seed, t)``, so a resumed run reproduces
-    an uninterrupted one exactly (timing metrics apart).
+    an uninterrupted one exactly (timing metrics apart). ``est`` is the method's own settings
+    under the run's inner protocol (:func:`~fobbench.estimators.method_config`: λ = 0 for the
+    plain methods under ``published``); training, evaluation and the floor all use it.
     """
 
     def __init__(self, problem: FewShotProblem, config: TrainConfig, method: str, seed: int, sink: Sink,
                  checkpoints: Path) -> None:
         self.started = time.perf_counter()
         self.problem, self.config, self.method, self.seed, self.sink = problem, config, method, seed, sink
-        self.point, self.settings = settings_of(problem, config)
+        self.est = method_config(get(method), config.estimator)
+        self.point, self.settings = settings_of(problem, config, method)
         self.run_hash = sink.point_hash(Record(method, self.point, self.settings, seed))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -372,6 +394,8 @@ class _MethodRun:
         self.timer = _Timer()
         self.path = checkpoint_path(checkpoints, method, seed)
         self.floor = 0.0
+        # The ν of the last outer step (`--nu auto`'s choice included); None for methods without ν.
+        self.nu_used: float | None = get(method).nu(self.est, next(iter(self.theta.values())).dtype)
 
     def restore(self) -> int:
         """Load this run's checkpoint (θ, optimizer, RNG, timers); the iteration it reached."""
@@ -395,7 +419,7 @@ class _MethodRun:
         self.eval_tasks = to_device(problem.sample("eval", config.eval_tasks, stream("eval")), device)
         self.train_tasks = to_device(problem.sample("train", config.eval_tasks, stream("train-eval")), device)
         batch = to_device(problem.sample("train", config.meta_batch, stream(self.seed, "floor")), device)
-        self.floor = measure_floor(self.loss, self.theta, batch, floor_passes(self.method, config.estimator),
+        self.floor = measure_floor(self.loss, self.theta, batch, floor_passes(self.method, self.est),
                                    config.floor_repeats, device)
 
     def record(self, t: int) -> Record:
@@ -406,8 +430,12 @@ class _MethodRun:
         # Evaluation adapts at most a meta-batch of tasks at once (Omniglot's 200 tasks in one
         # vmap call would hold gigabytes of activations).
         chunk = self.config.chunk_size or self.config.meta_batch
-        held_out = evaluate(self.model, self.theta, self.eval_tasks, self.config.estimator, chunk)
-        seen = evaluate(self.model, self.theta, self.train_tasks, self.config.estimator, chunk)
+        held_out = evaluate(self.model, self.theta, self.eval_tasks, self.est, chunk)
+        seen = evaluate(self.model, self.theta, self.train_tasks, self.est, chunk)
+        if not (math.isfinite(held_out.loss) and math.isfinite(seen.loss)):
+            raise DivergedError(
+                f"train: {self.method} seed {self.seed}: the query loss became non-finite at iteration {t}; "
+                f"rows so far are kept in {self.sink.path()}")
         timer = self.timer
         measurements = [
             Measurement("eval_acc", held_out.acc, "1", "query_after_adaptation"),
@@ -417,6 +445,9 @@ class _MethodRun:
             Measurement("train_loss", seen.loss, "nats", "query_after_adaptation"),
             Measurement("wall_time", timer.wall + time.perf_counter() - self.started, "s", "wall_clock"),
         ]
+        if self.nu_used is not None:
+            measurements.append(Measurement("nu_used", self.nu_used, "1",
+                                            "auto_rule" if self.est.nu == AUTO else "fixed"))
         if timer.timed:
             per_iter = timer.iter_seconds / timer.timed
             measurements += [
@@ -435,9 +466,11 @@ class _MethodRun:
         batch = to_device(self.problem.sample("train", config.meta_batch, stream(self.seed, "train", t)),
                           device)
         estimate = meta_gradient(
-            self.method, self.theta, self.loss, batch.support, batch.query, config.estimator,
+            self.method, self.theta, self.loss, batch.support, batch.query, self.est,
             batching=config.batching, chunk_size=config.chunk_size, generator=stream(self.seed, "noise", t),
         )
+        _check_finite(estimate.grad, self.method, self.seed, t, self.sink.path())
+        self.nu_used = estimate.nu
         apply(self.optimizer, self.theta, estimate.grad)
         _sync(device)
         if timed:

@@ -31,7 +31,7 @@ kind (accuracy, interval, wall clock), so the metrics of one point share a row."
 
 CONFIG_COLUMNS = (
     "problem", "split", "ways", "shots", "queries", "meta_batch", "inner_steps", "inner_lr",
-    "inner_optimizer", "lam", "nu", "cg_steps", "outer", "meta_lr", "eval_tasks",
+    "inner_optimizer", "lam", "nu", "cg_steps", "outer", "meta_lr", "eval_tasks", "inner_protocol",
 )
 """Point columns (besides ``iteration``) that distinguish training set-ups."""
 

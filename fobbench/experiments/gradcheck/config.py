@@ -146,10 +146,13 @@ class GradcheckConfig:
             raise FobbenchError(f"--seeds: seeds must be integers >= 0 (got {list(self.seeds)})")
         if self.batching not in ("vmap", "loop"):
             raise FobbenchError(f"--batching: unknown '{self.batching}' (choose from vmap, loop)")
-        # The estimator settings validate ν ≠ 0, λ > 0, lr > 0, es-samples, es-sigma.
+        # B-MAML's closed forms (the ground truth) need λ > 0; the inner solver itself allows 0.
+        for option, lams in (("--lam", (self.lam,)), ("--lam-grid", self.lam_grid)):
+            for lam in lams:
+                if not (math.isfinite(lam) and lam > 0):
+                    raise FobbenchError(f"{option} (λ) must be > 0 (got {lam})")
+        # The estimator settings validate ν ≠ 0, lr > 0, es-samples, es-sigma.
         self.estimator_config(steps=1, lr=self.inner_lr or 1.0, lam=self.lam, nu=self.nu)
-        for lam in self.lam_grid:
-            InnerConfig(steps=1, lr=1.0, lam=lam)
         needs_nu = "error_vs_nu" in self.experiments or "rates" in self.experiments
         if needs_nu and not _nu_methods(self):
             raise FobbenchError(f"error_vs_nu and rates need a method that uses nu in --methods "

@@ -1,0 +1,137 @@
+"""Inner-objective protocols: `published` runs MAML, FO-MAML, Reptile on f̂ alone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fobbench.errors import FobbenchError
+from fobbench.estimators import REGISTRY, EstimatorConfig, meta_gradient, method_config
+from fobbench.inner import InnerConfig
+
+
+def _quadratic(d: int = 4, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(d, d, generator=g, dtype=torch.float64)
+    a = q @ q.T / d + 0.5 * torch.eye(d, dtype=torch.float64)
+    b = torch.randn(d, generator=g, dtype=torch.float64)
+
+    def loss(params, data):
+        a_, b_ = data
+        return 0.5 * params["x"] @ a_ @ params["x"] + params["x"] @ b_
+
+    theta = {"x": torch.randn(d, generator=g, dtype=torch.float64)}
+    return loss, theta, a, b
+
+
+@pytest.mark.parametrize("method", ["maml", "fomaml", "reptile"])
+def test_published_protocol_adapts_plain_methods_on_the_train_loss_alone(method: str) -> None:
+    """Under `published`, K GD steps on f̂ alone: φ_K = θ − Σ α∇f̂ in closed form for a
+    quadratic, so FO-MAML is A φ_K + b and Reptile (θ − φ_K)/(Kα); MAML equals the proximal
+    protocol's MAML at λ = 0."""
+    loss, theta, a, b = _quadratic()
+    k, lr = 3, 0.1
+    config = EstimatorConfig(inner=InnerConfig(steps=k, lr=lr, lam=2.0), inner_protocol="published")
+    got = meta_gradient(method, theta, loss, (a[None], b[None]), (a[None], b[None]), config).grad["x"]
+    phi, jac = theta["x"].clone(), torch.eye(4, dtype=torch.float64)
+    for _ in range(k):
+        phi = phi - lr * (a @ phi + b)
+        jac = (torch.eye(4, dtype=torch.float64) - lr * a) @ jac
+    expected = {"fomaml": a @ phi + b, "reptile": (theta["x"] - phi) / (k * lr),
+                "maml": jac.T @ (a @ phi + b)}[method]
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+    proximal = meta_gradient(method, theta, loss, (a[None], b[None]), (a[None], b[None]),
+                             EstimatorConfig(inner=InnerConfig(steps=k, lr=lr, lam=2.0))).grad["x"]
+    assert float((proximal - got).norm()) > 1e-3  # the proximal protocol is a different problem
+
+
+@pytest.mark.parametrize("method", ["fobmaml-sym", "fobmaml-forward", "fobmaml-richardson", "imaml"])
+def test_methods_that_need_lambda_keep_it_and_refuse_zero(method: str) -> None:
+    estimator = REGISTRY[method]
+    config = EstimatorConfig(inner=InnerConfig(lam=2.0), inner_protocol="published")
+    assert method_config(estimator, config).inner.lam == 2.0
+    with pytest.raises(FobbenchError, match=r"--lam \(λ\) must be > 0") as error:
+        method_config(estimator, EstimatorConfig(inner=InnerConfig(lam=0.0)))
+    assert "\n" not in str(error.value)
+
+
+def test_unknown_protocol_is_a_one_line_error() -> None:
+    with pytest.raises(FobbenchError, match="--inner-protocol"):
+        EstimatorConfig(inner_protocol="plain")
+
+
+def test_the_protocol_split_is_a_registry_fact() -> None:
+    """Only the methods published without a proximal term drop λ; every FO-B-MAML variant
+    (Richardson included) and iMAML keep it."""
+    plain = {name for name, e in REGISTRY.items() if not e.proximal}
+    assert plain == {"maml", "fomaml", "reptile", "esmaml"}
+
+
+@pytest.mark.parametrize(("method", "dtype", "expected"), [
+    ("fobmaml-sym", torch.float32, 8.1e-3), ("fobmaml-forward", torch.float32, 6.0e-4),
+    ("fobmaml-sym", torch.float64, 1.0e-5), ("fobmaml-forward", torch.float64, 2.6e-8),
+    ("fobmaml-richardson", torch.float32, 7.5e-2), ("fobmaml-richardson", torch.float64, 1.35e-3),
+])
+def test_nu_auto_follows_each_methods_registered_bias_order(method: str, dtype: torch.dtype,
+                                                            expected: float) -> None:
+    """ν = (eps/(p·a))^{1/(p+1)}, p = the registered ``theory_nu`` (1, 2, 4), a = (1/(1+λ))^p."""
+    config = EstimatorConfig(inner=InnerConfig(lam=2.0), nu="auto")
+    nu = REGISTRY[method].nu(config, dtype)
+    assert nu == pytest.approx(expected, rel=0.02)
+    assert REGISTRY["maml"].nu(config, dtype) is None
+
+
+def test_nu_auto_keeps_the_farthest_perturbation_inside_the_cap() -> None:
+    """At a huge λ the rule hits its cap: ν ≤ 0.5 for sym, 2ν ≤ 0.5 for Richardson (±2ν)."""
+    config = EstimatorConfig(inner=InnerConfig(lam=1e6), nu="auto")
+    assert REGISTRY["fobmaml-sym"].nu(config, torch.float32) == 0.5
+    assert REGISTRY["fobmaml-richardson"].nu(config, torch.float32) == 0.25
+
+
+@pytest.mark.parametrize("batching", ["vmap", "loop"])
+def test_richardson_with_nu_auto_runs_at_the_reported_nu(batching: str) -> None:
+    """``nu="auto"`` gives the same estimate as that ν passed explicitly, and MetaGradient
+    reports it."""
+    loss, theta, a, b = _quadratic()
+    data = (a[None], b[None])
+    auto = meta_gradient("fobmaml-richardson", theta, loss, data, data,
+                         EstimatorConfig(inner=InnerConfig(steps=4, lr=0.1), nu="auto"), batching=batching)
+    fixed = meta_gradient("fobmaml-richardson", theta, loss, data, data,
+                          EstimatorConfig(inner=InnerConfig(steps=4, lr=0.1), nu=auto.nu), batching=batching)
+    assert auto.nu == pytest.approx(1.35e-3, rel=0.02)
+    torch.testing.assert_close(auto.grad["x"], fixed.grad["x"], rtol=0, atol=0)
+
+
+def test_train_takes_the_protocol_and_nu_auto_and_records_them(cli, tmp_path, monkeypatch) -> None:
+    """Both options come from train's one shared declaration: the CSV holds the protocol
+    column, each method's own λ (0 for FO-MAML under published) and the ν FO-B-MAML used."""
+    from fobbench.results import read_results
+
+    monkeypatch.setenv("FOBBENCH_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run.csv"
+    code, _, stderr = cli("train", "mnist1d", "--methods", "fobmaml-sym,fomaml",
+                          "--inner-protocol", "published", "--nu", "auto", "--iterations", "2",
+                          "--meta-batch", "2", "--eval-every", "2",
+                          "--eval-tasks", "4", "--num-samples", "5000", "--threads", "1", "--quiet",
+                          "--no-plot", "--out", str(out))
+    assert code == 0, stderr
+    frame = read_results(out)
+    assert set(frame["inner_protocol"]) == {"published"}
+    assert frame.groupby("method")["lam"].agg(set).to_dict() == {"fobmaml-sym": {2.0}, "fomaml": {0.0}}
+    used = frame[frame["metric"] == "nu_used"]
+    assert set(used["method"]) == {"fobmaml-sym"} and set(used["measured_by"]) == {"auto_rule"}
+    assert float(used["value"].iloc[0]) == pytest.approx(8.1e-3, rel=0.02)  # float32 Conv1D
+    for command in ("mnist1d", "omniglot"):
+        code, stdout, _ = cli("train", command, "--help")
+        assert "--inner-protocol" in stdout and "auto" in stdout
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--nu", "often"], "--nu must be a non-zero number or 'auto'"),
+    (["--inner-protocol", "plain"], "--inner-protocol: unknown 'plain'"),
+    (["--lam", "0", "--method", "fobmaml-richardson"], "--lam (λ) must be > 0 for fobmaml-richardson"),
+])
+def test_train_option_errors_are_one_line(cli, args, message) -> None:
+    code, _, stderr = cli("train", "mnist1d", *args, "--iterations", "1", "--quiet", "--no-plot")
+    assert code == 2
+    assert message in stderr and "\n" not in stderr.strip()
