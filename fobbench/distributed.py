@@ -202,16 +202,44 @@ def teardown(ctx: DistContext) -> None:
 @contextmanager
 def session(env: Mapping[str, str] | None = None, device: str = "cpu", backend: str | None = None,
             timeout_s: float | None = None) -> Iterator[DistContext]:
-    """``with session(device=...) as ctx:`` — :func:`from_env`, :func:`init`, then :func:`teardown`.
+    """``with session(device=...) as ctx:`` — :func:`from_env`, :func:`init`, then :func:`teardown`,
+    with :func:`stop_on_sigterm` around it.
 
     The single-process path (no torchrun variables) creates no process group.
     """
     ctx = from_env(env, device, backend, timeout_s)
-    init(ctx)
+    with stop_on_sigterm(ctx):
+        init(ctx)
+        try:
+            yield ctx
+        finally:
+            teardown(ctx)
+
+
+@contextmanager
+def stop_on_sigterm(ctx: DistContext) -> Iterator[None]:
+    """Inside the block, SIGTERM raises a one-line FobbenchError instead of killing silently.
+
+    torchrun's agent sends SIGTERM to the surviving ranks when one rank fails; with this the
+    survivors say so in one line (and unwind through ``finally`` blocks) before they exit.
+    Nothing for a single process, or outside the main thread (signals can only be set there).
+    """
+    import signal
+    import threading
+
+    if not ctx.distributed or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise FobbenchError(f"{ctx.describe()}: stopped by the launcher (SIGTERM): another rank failed or "
+                            "the job was cancelled")
+
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
-        yield ctx
+        yield
     finally:
-        teardown(ctx)
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextmanager
@@ -371,6 +399,17 @@ def broadcast_params(params: Params, ctx: DistContext, src: int = 0) -> None:
     with torch.no_grad():
         for name, value in _unflat(flat, params).items():
             params[name].copy_(value)
+
+
+def broadcast_object(value: object, ctx: DistContext, src: int = 0) -> object:
+    """Rank ``src``'s ``value`` on every rank (picklable; small things: a resume iteration, a
+    checkpoint's state dict, whether the results file already holds a point)."""
+    if not ctx.distributed:
+        return value
+    box = [value]
+    with failures(ctx, "receiving rank 0's state"):
+        dist.broadcast_object_list(box, src=src)
+    return box[0]
 
 
 def barrier(ctx: DistContext, doing: str = "waiting for the other ranks") -> None:

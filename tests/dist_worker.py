@@ -105,6 +105,10 @@ def main(argv: list[str]) -> int:
         with dd.session(device="cpu", timeout_s=args.timeout) as ctx:
             dd.check_split(args.meta_batch, ctx)
             dd.check_split(args.eval_tasks, ctx, "--eval-tasks")
+            # What rank 0 alone knows (its results file, its checkpoint), every rank learns:
+            plan = dd.broadcast_object({"start": 0, "writer": ctx.rank} if ctx.is_writer else None, ctx)
+            if plan != {"start": 0, "writer": 0}:
+                raise FobbenchError(f"{ctx.describe()}: broadcast gave {plan}")
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 model = problem.model()

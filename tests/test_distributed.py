@@ -73,6 +73,18 @@ def test_bad_environment_is_one_line(env: dict[str, str], fragment: str) -> None
     assert fragment in str(error.value) and "\n" not in str(error.value)
 
 
+def test_sigterm_from_the_launcher_becomes_one_line() -> None:
+    ctx = dd.DistContext(rank=1, world_size=2, backend="gloo")
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(FobbenchError, match=r"^rank 1/2 \(gloo, cpu\): stopped by the launcher \(SIGTERM\)"):
+        with dd.stop_on_sigterm(ctx):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises as soon as the signal arrives
+    assert signal.getsignal(signal.SIGTERM) is before  # the previous handler is back
+    with dd.stop_on_sigterm(dd.SINGLE):  # a single process keeps its own handling
+        assert signal.getsignal(signal.SIGTERM) is before
+
+
 def test_backend_override_is_checked() -> None:
     with pytest.raises(FobbenchError, match="unknown 'mpi'"):
         dd.choose_backend("cpu", "mpi")
