@@ -34,12 +34,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
+import time
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
 from fobbench.errors import FobbenchError
-from fobbench.params import Params
+from fobbench.estimators import EstimatorConfig, MetaGradient, meta_gradient, per_task
+from fobbench.params import Data, LossFn, Params
 
 ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 """torchrun's per-process variables; all absent means a plain single-process run."""
@@ -436,3 +439,39 @@ def same_on_all_ranks(params: Params, ctx: DistContext) -> bool:
         dist.all_reduce(high, op=dist.ReduceOp.MAX)
         dist.all_reduce(low, op=dist.ReduceOp.MIN)
     return bool(torch.equal(high, low))
+
+
+# ----------------------------------------------------------------------------------------
+# The one call the training loop makes
+
+
+def meta_gradient_on(ctx: DistContext, method: str, theta: Params, loss: LossFn, support: Data, query: Data,
+                     config: EstimatorConfig, batching: str = "vmap", chunk_size: int | None = None,
+                     generator: torch.Generator | None = None) -> MetaGradient:
+    """``estimators.meta_gradient`` over the whole meta-batch, shared out over the ranks of ``ctx``.
+
+    Every rank passes the SAME ``support``/``query`` (the whole meta-batch) and generator; each
+    computes the tasks ``ctx.slice(n)`` and gets the mean over all ``n`` tasks back:
+
+    * ``vmap`` batching: per-task gradients gathered in task order (:func:`mean_over_tasks`),
+      bitwise the one-process result; ``meta_batch × |θ|`` values exchanged.
+    * ``loop`` batching (the low-memory protocol): each rank accumulates its tasks into one
+      buffer, then :func:`mean_by_all_reduce`; ``|θ|`` values exchanged, equal to one process
+      up to float summation order.
+
+    A single-process ``ctx`` calls ``meta_gradient`` unchanged. ``seconds`` is this rank's
+    wall time including communication; ``tasks`` is the whole meta-batch.
+    """
+    if not ctx.distributed:
+        return meta_gradient(method, theta, loss, support, query, config, batching, chunk_size, generator)
+    start = time.perf_counter()
+    n_tasks = int(support[0].shape[0])
+    check_split(n_tasks, ctx)
+    part = ctx.slice(n_tasks)
+    if batching == "loop":
+        local = meta_gradient(method, theta, loss, support, query, config, batching, chunk_size, generator, part)
+        grad = mean_by_all_reduce(local.grad, local.tasks, n_tasks, ctx)
+    else:
+        stacked = per_task(method, theta, loss, support, query, config, batching, chunk_size, generator, part)
+        grad = mean_over_tasks(stacked, n_tasks, ctx)
+    return MetaGradient(grad=grad, tasks=n_tasks, seconds=time.perf_counter() - start, batching=batching)

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from fobbench import distributed as dd
 from fobbench.errors import FobbenchError
-from fobbench.estimators import EstimatorConfig, meta_gradient, per_task
+from fobbench.estimators import EstimatorConfig
 from fobbench.experiments.train import evaluate, stream
 from fobbench.inner import InnerConfig, solve
 from fobbench.meta_optim import apply, make_outer
@@ -85,7 +85,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--eval-tasks", type=int, default=7)
     parser.add_argument("--method", default="fobmaml-sym")
     parser.add_argument("--outer", default="adam")
-    parser.add_argument("--reduce", choices=("ordered", "allreduce"), default="ordered")
+    parser.add_argument("--batching", choices=("vmap", "loop"), default="vmap")
     parser.add_argument("--problem", choices=("synthetic", "mnist1d"), default="synthetic")
     parser.add_argument("--num-samples", type=int, default=5000)
     parser.add_argument("--sleep", type=float, default=0.0, help="seconds to idle after each step")
@@ -118,18 +118,8 @@ def main(argv: list[str]) -> int:
             started = time.perf_counter()
             for t in range(1, args.iterations + 1):
                 batch = problem.sample("train", args.meta_batch, stream(seed, "train", t))
-                noise = stream(seed, "noise", t)
-                if not ctx.distributed:
-                    grad = meta_gradient(args.method, theta, loss, batch.support, batch.query, config,
-                                         generator=noise).grad
-                elif args.reduce == "ordered":
-                    local = per_task(args.method, theta, loss, batch.support, batch.query, config,
-                                     generator=noise, part=ctx.slice(args.meta_batch))
-                    grad = dd.mean_over_tasks(local, args.meta_batch, ctx)
-                else:
-                    est = meta_gradient(args.method, theta, loss, batch.support, batch.query, config,
-                                        generator=noise, part=ctx.slice(args.meta_batch))
-                    grad = dd.mean_by_all_reduce(est.grad, est.tasks, args.meta_batch, ctx)
+                grad = dd.meta_gradient_on(ctx, args.method, theta, loss, batch.support, batch.query, config,
+                                           batching=args.batching, generator=stream(seed, "noise", t)).grad
                 apply(optimizer, theta, grad)
                 print(f"rank {ctx.rank} step {t}", flush=True)
                 if args.sleep:

@@ -184,19 +184,20 @@ def _max_rel(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return max(float((a[n] - b[n]).abs().max() / a[n].abs().max().clamp_min(1e-30)) for n in a)
 
 
-@pytest.mark.parametrize(("reduce", "outer"), [("ordered", "adam"), ("allreduce", "sgd")])
-def test_two_gloo_ranks_train_the_same_theta_as_one_process(tmp_path: Path, reduce: str, outer: str,
+@pytest.mark.parametrize(("batching", "outer"), [("vmap", "adam"), ("loop", "sgd")])
+def test_two_gloo_ranks_train_the_same_theta_as_one_process(tmp_path: Path, batching: str, outer: str,
                                                              one_thread) -> None:
     """5 tasks over 2 ranks (3 + 2) and 7 evaluation tasks (4 + 3): θ after 4 outer steps of
     fobmaml-sym and the evaluation's mean, t-interval and loss equal the one-process run.
 
-    The task-ordered gather is bitwise, so it holds under Adam. The plain all-reduce differs in
-    summation order (~1e-9 in the meta-gradient); Adam turns that into lr-sized differences
-    (the conv biases before BatchNorm have a true gradient of 0, i.e. rounding noise near
-    Adam's ε = 1e-8, and their steps feed back), so the all-reduce is checked under SGD, where
-    θ stays within ~1e-7.
+    With vmap batching the task-ordered gather is bitwise, so it holds under Adam. With loop
+    batching each rank sums its tasks and the sums are all-reduced: the summation order differs
+    (~1e-9 in the meta-gradient) and Adam turns that into lr-sized differences (the conv biases
+    before BatchNorm have a true gradient of 0, i.e. rounding noise near Adam's ε = 1e-8, and
+    their steps feed back), so it is checked under SGD, where θ stays within ~1e-7.
     """
-    args = ("--iterations", "4", "--meta-batch", "5", "--eval-tasks", "7", "--reduce", reduce, "--outer", outer)
+    args = ("--iterations", "4", "--meta-batch", "5", "--eval-tasks", "7", "--batching", batching,
+            "--outer", outer)
     started = time.perf_counter()
     ranks = _launch(tmp_path / "two.pt", 2, *args)
     _one_process(tmp_path / "one.pt", *args)
@@ -207,8 +208,8 @@ def test_two_gloo_ranks_train_the_same_theta_as_one_process(tmp_path: Path, redu
     assert (a["world_size"], b["world_size"]) == (1, 2)
     exact = all(torch.equal(a["theta"][n], b["theta"][n]) for n in a["theta"])
     relative = _max_rel(a["theta"], b["theta"])
-    print(f"{reduce}/{outer}: bitwise {exact}, max rel diff {relative:.2e}, {time.perf_counter() - started:.1f} s")
-    if reduce == "ordered":  # task-ordered gather + the same mean(dim=0): bitwise
+    print(f"{batching}/{outer}: bitwise {exact}, max rel diff {relative:.2e}, {time.perf_counter() - started:.1f} s")
+    if batching == "vmap":  # task-ordered gather + the same mean(dim=0): bitwise
         assert exact
     assert relative <= 1e-5
     assert _max_rel(a["theta"], {n: torch.zeros_like(v) for n, v in a["theta"].items()}) > 0
