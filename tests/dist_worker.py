@@ -90,6 +90,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--num-samples", type=int, default=5000)
     parser.add_argument("--sleep", type=float, default=0.0, help="seconds to idle after each step")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--trace", type=Path, default=None, help="also save θ after every step here")
     parser.add_argument("--timeout", type=float, default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -121,6 +122,9 @@ def main(argv: list[str]) -> int:
                 grad = dd.meta_gradient_on(ctx, args.method, theta, loss, batch.support, batch.query, config,
                                            batching=args.batching, generator=stream(seed, "noise", t)).grad
                 apply(optimizer, theta, grad)
+                if args.trace is not None and ctx.is_writer:
+                    args.trace.mkdir(parents=True, exist_ok=True)
+                    torch.save({n: p.detach().clone() for n, p in theta.items()}, args.trace / f"{t}.pt")
                 print(f"rank {ctx.rank} step {t}", flush=True)
                 if args.sleep:
                     time.sleep(args.sleep)
