@@ -143,8 +143,9 @@ def from_env(env: Mapping[str, str] | None = None, device: str = "cpu", backend:
             :data:`DEFAULT_TIMEOUT_S`).
 
     None of the variables set: :data:`SINGLE` (on ``device``). Some but not all, or values out
-    of range: a one-line FobbenchError. ``MASTER_ADDR``/``MASTER_PORT`` are read by
-    torch.distributed itself at :func:`init`.
+    of range, or no ``MASTER_ADDR``/``MASTER_PORT`` for more than one rank: a one-line
+    FobbenchError. torch.distributed itself reads ``MASTER_ADDR``/``MASTER_PORT`` from
+    ``os.environ`` at :func:`init`.
     """
     env = os.environ if env is None else env
     present = [key for key in ENV_KEYS if key in env]
@@ -159,6 +160,10 @@ def from_env(env: Mapping[str, str] | None = None, device: str = "cpu", backend:
             f"torch.distributed: needs 0 <= $RANK < $WORLD_SIZE and $LOCAL_RANK >= 0 "
             f"(got RANK={rank}, WORLD_SIZE={world}, LOCAL_RANK={local})"
         )
+    if world > 1:
+        unset = [f"${k}" for k in ("MASTER_ADDR", "MASTER_PORT") if not env.get(k)]
+        if unset:
+            raise FobbenchError(f"torch.distributed: {', '.join(unset)} not set (start the run with torchrun)")
     if timeout_s is None:
         text = env.get("FOBBENCH_DIST_TIMEOUT", "")
         try:

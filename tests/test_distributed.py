@@ -46,7 +46,8 @@ def test_no_torchrun_variables_is_a_single_process_noop() -> None:
 
 
 def test_context_reads_torchrun_variables_and_picks_the_backend() -> None:
-    env = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "FOBBENCH_DIST_TIMEOUT": "12"}
+    env = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "FOBBENCH_DIST_TIMEOUT": "12",
+           "MASTER_ADDR": "node0", "MASTER_PORT": "29500"}
     ctx = dd.from_env(env, device="cpu")
     assert (ctx.rank, ctx.world_size, ctx.local_rank, ctx.backend, ctx.device, ctx.timeout_s) == (
         3, 4, 1, "gloo", "cpu", 12.0)
@@ -60,12 +61,16 @@ def test_context_reads_torchrun_variables_and_picks_the_backend() -> None:
     assert dd.choose_backend("cuda", "gloo") == "gloo"
 
 
+MASTER = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+
+
 @pytest.mark.parametrize(("env", "fragment"), [
     ({"RANK": "0"}, "$WORLD_SIZE, $LOCAL_RANK not set"),
     ({"RANK": "x", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}, "$RANK='x' is not an integer"),
     ({"RANK": "2", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}, "0 <= $RANK < $WORLD_SIZE"),
-    ({"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "FOBBENCH_DIST_TIMEOUT": "soon"}, "not a number"),
-    ({"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "FOBBENCH_DIST_TIMEOUT": "-1"}, "> 0 seconds"),
+    ({"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "h"}, "$MASTER_PORT not set"),
+    ({**MASTER, "RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "FOBBENCH_DIST_TIMEOUT": "soon"}, "not a number"),
+    ({**MASTER, "RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "FOBBENCH_DIST_TIMEOUT": "-1"}, "> 0 seconds"),
 ])
 def test_bad_environment_is_one_line(env: dict[str, str], fragment: str) -> None:
     with pytest.raises(FobbenchError) as error:
