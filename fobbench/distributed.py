@@ -26,15 +26,15 @@ naming the rank, instead of a hang or a C++ traceback.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-
-import time
 
 import torch
 import torch.distributed as dist
@@ -163,7 +163,9 @@ def from_env(env: Mapping[str, str] | None = None, device: str = "cpu", backend:
     if world > 1:
         unset = [f"${k}" for k in ("MASTER_ADDR", "MASTER_PORT") if not env.get(k)]
         if unset:
-            raise FobbenchError(f"torch.distributed: {', '.join(unset)} not set (start the run with torchrun)")
+            raise FobbenchError(
+                f"torch.distributed: {', '.join(unset)} not set (start the run with torchrun)"
+            )
     if timeout_s is None:
         text = env.get("FOBBENCH_DIST_TIMEOUT", "")
         try:
@@ -201,10 +203,8 @@ def init(ctx: DistContext) -> None:
 def teardown(ctx: DistContext) -> None:
     """Leave the process group (nothing when there is none). Safe after a failure."""
     if ctx.distributed and dist.is_initialized():
-        try:
+        with contextlib.suppress(Exception):  # a broken group cannot be left more cleanly
             dist.destroy_process_group()
-        except Exception:  # noqa: BLE001 (a broken group cannot be left more cleanly)
-            pass
 
 
 @contextmanager
@@ -263,7 +263,8 @@ def failures(ctx: DistContext, doing: str) -> Iterator[None]:
         raise
     except (RuntimeError, ValueError, OSError) as error:  # DistError subclasses RuntimeError
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        first = re.sub(r"^\[[^\]]*\]\s*", "", lines[0]) if lines else type(error).__name__  # gloo's source path
+        # gloo prefixes its source path in brackets: dropped
+        first = re.sub(r"^\[[^\]]*\]\s*", "", lines[0]) if lines else type(error).__name__
         if len(first) > 160:
             first = first[:157] + "..."
         raise FobbenchError(
@@ -474,7 +475,8 @@ def meta_gradient_on(ctx: DistContext, method: str, theta: Params, loss: LossFn,
     check_split(n_tasks, ctx)
     part = ctx.slice(n_tasks)
     if batching == "loop":
-        local = meta_gradient(method, theta, loss, support, query, config, batching, chunk_size, generator, part)
+        local = meta_gradient(method, theta, loss, support, query, config, batching, chunk_size, generator,
+                              part)
         grad = mean_by_all_reduce(local.grad, local.tasks, n_tasks, ctx)
     else:
         stacked = per_task(method, theta, loss, support, query, config, batching, chunk_size, generator, part)

@@ -33,7 +33,8 @@ def test_i_of_n_is_parsed_as_before() -> None:
     (_array(14, 8, SLURM_ARRAY_TASK_MIN="0", SLURM_ARRAY_TASK_MAX="14", SLURM_ARRAY_TASK_STEP="2"), (8, 8)),
     (_array(0, 1), (1, 1)),
 ])
-def test_slurm_shard_is_the_zero_based_array_index_plus_one(env: dict[str, str], expected: tuple[int, int]) -> None:
+def test_slurm_shard_is_the_zero_based_array_index_plus_one(env: dict[str, str],
+                                                            expected: tuple[int, int]) -> None:
     assert resolve_shard("slurm", env) == expected
     assert resolve_shard("SLURM", env) == expected
 
@@ -45,7 +46,8 @@ def test_slurm_shard_is_the_zero_based_array_index_plus_one(env: dict[str, str],
     (_array(3, 3), "SLURM_ARRAY_TASK_ID=3 is not one of 3 indices from 0"),
     (_array(0, 3, SLURM_ARRAY_TASK_MIN="1"), "SLURM_ARRAY_TASK_ID=0 is not one of 3"),
     (_array(0, 0), "SLURM_ARRAY_TASK_COUNT >= 1"),
-    (_array(4, 3, SLURM_ARRAY_TASK_MIN="1", SLURM_ARRAY_TASK_MAX="9"), "not 3 evenly spaced jobs"),  # --array=1,4,9
+    # --array=1,4,9
+    (_array(4, 3, SLURM_ARRAY_TASK_MIN="1", SLURM_ARRAY_TASK_MAX="9"), "not 3 evenly spaced jobs"),
     (_array(1, 3, SLURM_ARRAY_TASK_STEP="2"), "is not one of 3 indices from 0 step 2"),
 ])
 def test_bad_slurm_environment_is_one_line(env: dict[str, str], fragment: str) -> None:
@@ -56,7 +58,8 @@ def test_bad_slurm_environment_is_one_line(env: dict[str, str], fragment: str) -
 
 def test_three_slurm_jobs_cover_the_ci_suite_exactly_once() -> None:
     points = suites.expand(suites.load(ROOT / "suites" / "ci.toml"))
-    taken = [p.index for task in range(3) for p in suites.shard(points, *resolve_shard("slurm", _array(task, 3)))]
+    taken = [p.index for task in range(3)
+             for p in suites.shard(points, *resolve_shard("slurm", _array(task, 3)))]
     assert sorted(taken) == [p.index for p in points] and len(points) >= 3
     outputs = [p.output(Path("out")) for p in points]
     assert len(set(outputs)) == len(outputs)  # every point has its own file: shards never share one

@@ -15,10 +15,10 @@ import sys
 import time
 from pathlib import Path
 
+import dist_worker  # tests/dist_worker.py: imported here so that forked ranks inherit it
 import pytest
 import torch
 
-import dist_worker  # tests/dist_worker.py: imported here so that forked ranks inherit it
 from fobbench import distributed as dd
 from fobbench.errors import FobbenchError
 from fobbench.estimators import EstimatorConfig, meta_gradient, per_task
@@ -69,8 +69,10 @@ MASTER = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
     ({"RANK": "x", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}, "$RANK='x' is not an integer"),
     ({"RANK": "2", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}, "0 <= $RANK < $WORLD_SIZE"),
     ({"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "h"}, "$MASTER_PORT not set"),
-    ({**MASTER, "RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "FOBBENCH_DIST_TIMEOUT": "soon"}, "not a number"),
-    ({**MASTER, "RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "FOBBENCH_DIST_TIMEOUT": "-1"}, "> 0 seconds"),
+    ({**MASTER, "RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "FOBBENCH_DIST_TIMEOUT": "soon"},
+     "not a number"),
+    ({**MASTER, "RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "FOBBENCH_DIST_TIMEOUT": "-1"},
+     "> 0 seconds"),
 ])
 def test_bad_environment_is_one_line(env: dict[str, str], fragment: str) -> None:
     with pytest.raises(FobbenchError) as error:
@@ -81,10 +83,10 @@ def test_bad_environment_is_one_line(env: dict[str, str], fragment: str) -> None
 def test_sigterm_from_the_launcher_becomes_one_line() -> None:
     ctx = dd.DistContext(rank=1, world_size=2, backend="gloo")
     before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(FobbenchError, match=r"^rank 1/2 \(gloo, cpu\): stopped by the launcher \(SIGTERM\)"):
-        with dd.stop_on_sigterm(ctx):
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(5)  # the handler raises as soon as the signal arrives
+    stopped = r"^rank 1/2 \(gloo, cpu\): stopped by the launcher \(SIGTERM\)"
+    with pytest.raises(FobbenchError, match=stopped), dd.stop_on_sigterm(ctx):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises as soon as the signal arrives
     assert signal.getsignal(signal.SIGTERM) is before  # the previous handler is back
     with dd.stop_on_sigterm(dd.SINGLE):  # a single process keeps its own handling
         assert signal.getsignal(signal.SIGTERM) is before
@@ -126,7 +128,8 @@ def test_sliced_per_task_estimates_are_bitwise_those_of_the_whole_batch(one_thre
     query = (torch.randn(5, 9, 1, 40), torch.randint(0, 3, (5, 9)))
     config = EstimatorConfig(inner=InnerConfig(steps=2, lr=0.1, lam=2.0), es_samples=2)
     for method in ("fobmaml-sym", "esmaml"):
-        whole = per_task(method, theta, loss, support, query, config, generator=torch.Generator().manual_seed(1))
+        whole = per_task(method, theta, loss, support, query, config,
+                         generator=torch.Generator().manual_seed(1))
         parts = [per_task(method, theta, loss, support, query, config,
                           generator=torch.Generator().manual_seed(1), part=dd.task_slice(5, r, 2))
                  for r in range(2)]
@@ -134,7 +137,8 @@ def test_sliced_per_task_estimates_are_bitwise_those_of_the_whole_batch(one_thre
             assert torch.equal(torch.cat([p[name] for p in parts]), whole[name]), (method, name)
     mean = meta_gradient("fobmaml-sym", theta, loss, support, query, config, part=slice(3, 5))
     assert mean.tasks == 2
-    loop = meta_gradient("fobmaml-sym", theta, loss, support, query, config, batching="loop", part=slice(3, 5))
+    loop = meta_gradient("fobmaml-sym", theta, loss, support, query, config, batching="loop",
+                         part=slice(3, 5))
     assert loop.tasks == 2
     for name in theta:
         torch.testing.assert_close(loop.grad[name], mean.grad[name], rtol=1e-4, atol=1e-6)
@@ -213,7 +217,8 @@ def test_two_gloo_ranks_train_the_same_theta_as_one_process(tmp_path: Path, batc
     assert (a["world_size"], b["world_size"]) == (1, 2)
     exact = all(torch.equal(a["theta"][n], b["theta"][n]) for n in a["theta"])
     relative = _max_rel(a["theta"], b["theta"])
-    print(f"{batching}/{outer}: bitwise {exact}, max rel diff {relative:.2e}, {time.perf_counter() - started:.1f} s")
+    seconds = time.perf_counter() - started
+    print(f"{batching}/{outer}: bitwise {exact}, max rel diff {relative:.2e}, {seconds:.1f} s")
     if batching == "vmap":  # task-ordered gather + the same mean(dim=0): bitwise
         assert exact
     assert relative <= 1e-5

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import shlex
 import time
 import traceback
@@ -19,6 +20,7 @@ from rich.table import Table
 from fobbench import suites
 from fobbench.cli import options
 from fobbench.cli.app import app
+from fobbench.cluster import array_folder, resolve_shard
 from fobbench.errors import FobbenchError
 from fobbench.experiments import runner
 from fobbench.progress import console, out, progress, table_console
@@ -26,8 +28,10 @@ from fobbench.results.store import run_stamp
 
 
 def default_out(suite_path: Path) -> Path:
-    """``results/suites/<suite>-<UTC stamp>-<commit>/``: a fresh folder per invocation."""
-    return Path("results") / "suites" / f"{suite_path.stem}-{run_stamp()}"
+    """``results/suites/<suite>-<UTC stamp>-<commit>/``: a fresh folder per invocation, except in a
+    SLURM array job, where every job of the array shares ``results/suites/<suite>-slurm<job id>/``."""
+    root = Path("results") / "suites"
+    return array_folder(root, suite_path.stem, os.environ) or root / f"{suite_path.stem}-{run_stamp()}"
 
 
 def _planners() -> dict[tuple[str, ...], Callable[[dict[str, Any]], runner.Plan]]:
@@ -67,8 +71,8 @@ def execute_point(words: Sequence[str], values: dict[str, Any], verbose: bool) -
 @app.command(
     epilog=(
         "Example: fobbench run suites/ci.toml --out /tmp/ci_run\n\n"
-        "Cluster array job: fobbench run suites/paper.toml --out runs/paper "
-        "--shard $((SLURM_ARRAY_TASK_ID+1))/8"
+        "Cluster array job (sbatch --array=0-7): fobbench run suites/paper.toml --out runs/paper "
+        "--shard slurm"
     )
 )
 def run(
@@ -77,7 +81,8 @@ def run(
         "--out", help="Folder for the suite's results: <out>/<run name>/<point>.csv "
         "(default: results/suites/<suite>-<UTC time>-<commit>/).")] = None,
     shard: Annotated[str | None, typer.Option(
-        "--shard", help="Run only slice I of N (I/N, 1-based): the points with index % N == I-1.")] = None,
+        "--shard", help="Run only slice I of N (I/N, 1-based): the points with index % N == I-1; "
+        "slurm: I and N from $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT (shards share one --out).")] = None,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", "--list",
         help="Print the expanded points and their command lines; run nothing.")] = False,
@@ -99,7 +104,7 @@ def run(
     points = suites.expand(suite)
     selected = points
     if shard is not None:
-        selected = suites.shard(points, *suites.parse_shard(shard))
+        selected = suites.shard(points, *resolve_shard(shard, os.environ))
     root_dir = out_dir if out_dir is not None else default_out(suite_file)
     root = typer.main.get_command(app)
     args_of = suites.validate(suite, root, selected, root_dir)
