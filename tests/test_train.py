@@ -277,8 +277,8 @@ def _torchrun(tmp_path: Path, world: int, *args: str) -> None:
     import sys
 
     root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])),
-           "OMP_NUM_THREADS": "1", "FOBBENCH_DIST_TIMEOUT": "60"}
+    path = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "FOBBENCH_DIST_TIMEOUT": "60"}
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(world),
          "-m", "fobbench", *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
