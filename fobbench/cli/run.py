@@ -102,13 +102,14 @@ def run(
     """
     suite = suites.load(suite_file)
     points = suites.expand(suite)
-    selected = points
+    selected, shard_name = points, shard
     if shard is not None:
-        selected = suites.shard(points, *resolve_shard(shard, os.environ))
+        index, count = resolve_shard(shard, os.environ)
+        selected, shard_name = suites.shard(points, index, count), f"{index}/{count}"
     root_dir = out_dir if out_dir is not None else default_out(suite_file)
     root = typer.main.get_command(app)
     args_of = suites.validate(suite, root, selected, root_dir)
-    shard_text = f", shard {shard}: {len(selected)}" if shard is not None else ""
+    shard_text = f", shard {shard_name}: {len(selected)}" if shard is not None else ""
     if dry_run:
         out.print(f"suite {suite_file}: {len(points)} points{shard_text}; out {root_dir}", soft_wrap=True)
         for point in selected:
