@@ -85,3 +85,16 @@ def test_a_folder_of_shard_files_reads_as_one_result_set(tmp_path: Path) -> None
         writer.write_point("m", {"k": index}, {}, 0, [Measurement("v", float(index), "1", "exact")])
     frame = read_results(tmp_path)
     assert sorted(frame["k"]) == [1, 2, 3] and frame["source"].nunique() == 3
+
+
+def test_run_shard_slurm_takes_its_slice_into_the_array_folder(cli, monkeypatch: pytest.MonkeyPatch,
+                                                               tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    for key, value in {**_array(1, 3), "SLURM_ARRAY_JOB_ID": "4242"}.items():
+        monkeypatch.setenv(key, value)
+    code, out, err = cli("run", str(ROOT / "suites" / "ci.toml"), "--shard", "slurm", "--dry-run")
+    assert code == 0, err
+    assert "shard 2/3: " in out and str(Path("results") / "suites" / "ci-slurm4242") in out
+    monkeypatch.delenv("SLURM_ARRAY_TASK_ID")
+    code, _, err = cli("run", str(ROOT / "suites" / "ci.toml"), "--shard", "slurm", "--dry-run")
+    assert code == 2 and "$SLURM_ARRAY_TASK_ID is not set" in err
