@@ -287,3 +287,53 @@ def test_every_trainable_registry_method_trains_with_its_own_floor(cli, tmp_path
     assert set(frame["method"]) == set(names(trainable=True)) and "fobmaml-richardson" in set(frame["method"])
     floors = frame[frame["metric"] == "floor_sec"].set_index("method")["value"]
     assert (floors > 0).all() and len(floors) == len(names(trainable=True))
+
+
+def _torchrun(tmp_path: Path, world: int, *args: str) -> None:
+    """``torchrun --standalone --nproc-per-node <world> -m fobbench <args>`` (gloo on CPU)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    path = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "FOBBENCH_DIST_TIMEOUT": "60"}
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(world),
+         "-m", "fobbench", *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.mark.slow  # 70 s on the shared 2-core machine (three interpreter start-ups per torchrun)
+def test_two_torchrun_ranks_train_exactly_as_one_process_and_resume_with_one(cli, tmp_path: Path) -> None:
+    """``fobbench train`` as 2 gloo ranks (5 tasks = 3 + 2, 7 evaluation tasks = 4 + 3): the
+    same θ after 4 outer steps (bitwise) and the same evaluation rows to the last digit as
+    one process; only rank 0 writes, rows record world_size; a run stopped at 2 by 2 ranks is
+    finished by ``--resume`` in 1 process, bitwise equal again."""
+    common = ("--methods", "fobmaml-sym", "--meta-batch", "5", "--eval-every", "2", "--eval-tasks", "7",
+              "--checkpoint-every", "2", "--no-plot", "--num-samples", "5000", "--threads", "1", "--quiet")
+    one, two, broken = tmp_path / "one.csv", tmp_path / "two.csv", tmp_path / "broken.csv"
+    assert cli("train", "mnist1d", *common, "--iterations", "4", "--out", str(one))[0] == 0
+    _torchrun(tmp_path, 2, "train", "mnist1d", *common, "--iterations", "4", "--out", str(two))
+    _torchrun(tmp_path, 2, "train", "mnist1d", *common, "--iterations", "2", "--out", str(broken))
+    code, _, stderr = cli("train", "mnist1d", *common, "--iterations", "4", "--resume", str(broken))
+    assert code == 0, stderr
+    keys = ["iteration", "metric"]
+
+    def stable(path: Path) -> pd.DataFrame:
+        frame = read_results(path)
+        frame = frame[~frame["metric"].isin(experiment.TIMING_METRICS)]
+        return frame[[*keys, "value", "config_hash"]].sort_values(keys).reset_index(drop=True)
+
+    a = stable(one)
+    assert len(a) == 3 * 5  # evaluations (0, 2, 4) × metrics
+    pd.testing.assert_frame_equal(a, stable(two), check_exact=True)
+    pd.testing.assert_frame_equal(a, stable(broken), check_exact=True)
+    assert set(read_results(one)["world_size"]) == {1} and set(read_results(two)["world_size"]) == {2}
+    assert sorted(read_results(broken)["world_size"].unique()) == [1, 2]  # 0, 2 by two ranks; 4 by one
+    assert sorted(p.name for p in tmp_path.glob("*-checkpoints/*")) == ["fobmaml-sym-seed0.pt"] * 3
+    x = experiment.load_checkpoint(tmp_path / "one-checkpoints" / "fobmaml-sym-seed0.pt")
+    for name in ("two", "broken"):
+        y = experiment.load_checkpoint(tmp_path / f"{name}-checkpoints" / "fobmaml-sym-seed0.pt")
+        assert y["iteration"] == 4
+        assert all(torch.equal(x["theta"][k], y["theta"][k]) for k in x["theta"]), name

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import shlex
 import time
 import traceback
@@ -19,6 +20,7 @@ from rich.table import Table
 from fobbench import suites
 from fobbench.cli import options
 from fobbench.cli.app import app, load_commands
+from fobbench.cluster import array_folder, resolve_shard
 from fobbench.errors import FobbenchError, Interrupted
 from fobbench.progress import console, out, progress, table_console
 
@@ -27,10 +29,12 @@ if TYPE_CHECKING:  # the runner (pandas, results store) is imported when a point
 
 
 def default_out(suite_path: Path) -> Path:
-    """``results/suites/<suite>-<UTC stamp>-<commit>/``: a fresh folder per invocation."""
+    """``results/suites/<suite>-<UTC stamp>-<commit>/``: a fresh folder per invocation, except in a
+    SLURM array job, where every job of the array shares ``results/suites/<suite>-slurm<job id>/``."""
     from fobbench.results.store import run_stamp
 
-    return Path("results") / "suites" / f"{suite_path.stem}-{run_stamp()}"
+    root = Path("results") / "suites"
+    return array_folder(root, suite_path.stem, os.environ) or root / f"{suite_path.stem}-{run_stamp()}"
 
 
 Planner = Callable[..., "runner.Plan"]
@@ -99,8 +103,8 @@ def execute_point(words: Sequence[str], values: dict[str, Any], verbose: bool) -
 @app.command(
     epilog=(
         "Example: fobbench run suites/ci.toml --out /tmp/ci_run\n\n"
-        "Cluster array job: fobbench run suites/paper.toml --out runs/paper "
-        "--shard $((SLURM_ARRAY_TASK_ID+1))/8"
+        "Cluster array job (sbatch --array=0-7): fobbench run suites/paper.toml --out runs/paper "
+        "--shard slurm"
     )
 )
 def run(
@@ -109,7 +113,8 @@ def run(
         "--out", help="Folder for the suite's results: <out>/<run name>/<point>.csv "
         "(default: results/suites/<suite>-<UTC time>-<commit>/).")] = None,
     shard: Annotated[str | None, typer.Option(
-        "--shard", help="Run only slice I of N (I/N, 1-based): the points with index % N == I-1.")] = None,
+        "--shard", help="Run only slice I of N (I/N, 1-based): the points with index % N == I-1; "
+        "slurm: I and N from $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT (shards share one --out).")] = None,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", "--list",
         help="Print the expanded points and their command lines; run nothing.")] = False,
@@ -129,15 +134,16 @@ def run(
     """
     suite = suites.load(suite_file)
     points = suites.expand(suite)
-    selected = points
+    selected, shard_name = points, shard
     if shard is not None:
-        selected = suites.shard(points, *suites.parse_shard(shard))
+        index, count = resolve_shard(shard, os.environ)
+        selected, shard_name = suites.shard(points, index, count), f"{index}/{count}"
     root_dir = out_dir if out_dir is not None else default_out(suite_file)
     root = load_commands()  # every command a suite may name
     args_of = suites.validate(suite, root, selected, root_dir)
     outputs = {p.index: suites.output(suite, root, p, root_dir) for p in selected}
     check_values(suite, root, selected, outputs, resume)
-    shard_text = f", shard {shard}: {len(selected)}" if shard is not None else ""
+    shard_text = f", shard {shard_name}: {len(selected)}" if shard is not None else ""
     if dry_run:
         out.print(f"suite {suite_file}: {len(points)} points{shard_text}; out {root_dir}", soft_wrap=True)
         for point in selected:

@@ -11,6 +11,7 @@ import typer
 from rich import box
 from rich.table import Table
 
+from fobbench import distributed as dd
 from fobbench.cli import options
 from fobbench.cli.app import app
 from fobbench.cli.options import NU_AUTO_HELP, opt, parse_nu
@@ -65,6 +66,8 @@ SHARED = (
     opt("chunk_size", int | None, None, help="Tasks per vmap chunk (default: the whole meta-batch at once)."),
     opt("batching", str, "vmap", help="vmap (tasks batched) or loop (one task at a time)."),
     opt("device", str, "cpu", help="cpu or cuda."),
+    opt("dist_backend", str | None, None,
+        help="Under torchrun: gloo or nccl (default: nccl with --device cuda, else gloo)."),
     opt("threads", int | None, None,
         help="torch CPU threads (default: torch's; 1 is steadier on a shared machine)."),
     opt("out_file", Path | None, None, "--out",
@@ -149,8 +152,11 @@ def _check_task_shape(p: Mapping[str, Any]) -> None:
 
 
 def plan(p: Mapping[str, Any], benchmark: str, problem: Callable[[Mapping[str, Any]], FewShotProblem],
-         check_only: bool = False) -> runner.Plan:
+         check_only: bool = False, ctx: dd.DistContext = dd.SINGLE) -> runner.Plan:
     """The runner's plan of a ``train`` command from its option values (by parameter name).
+
+    ``ctx``: the torch.distributed context this process runs in; ranks other than 0 compute
+    their share but write, show and draw nothing.
 
     ``check_only`` (``fobbench run`` checking a whole suite before its first run) checks
     every value without loading data or touching a device: the plan it returns has no
@@ -176,9 +182,21 @@ def plan(p: Mapping[str, Any], benchmark: str, problem: Callable[[Mapping[str, A
 
             print_figures(draw(read_results(written), figure_dir(written), p["fmt"]))
 
-    spec = experiment.TrainRun(problem(p), config, benchmark)
-    return runner.Plan(spec, Path(path), resuming, p["quiet"], p["threads"],
-                       f"{benchmark} {','.join(config.methods)}", show)
+    spec = experiment.TrainRun(problem(p), config, benchmark, ctx)
+    return runner.Plan(spec, Path(path), resuming, p["quiet"] or not ctx.is_writer, p["threads"],
+                       f"{benchmark} {','.join(config.methods)}", show, write=ctx.is_writer)
+
+
+def carry_out(p: Mapping[str, Any], benchmark: str, problem: Callable[[Mapping[str, Any]], FewShotProblem]
+              ) -> None:
+    """Run a ``train`` command: in one process, or as one rank of a torchrun job.
+
+    Started by torchrun (``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` set), every rank joins the
+    process group (gloo on CPU, nccl on CUDA, or ``--dist-backend``) and trains its share of
+    each meta-batch; rank 0 writes the CSV (with ``world_size``), checkpoints and figures.
+    """
+    with dd.session(device=p["device"], backend=p["dist_backend"]) as ctx:
+        runner.carry_out(plan(p, benchmark, problem, ctx=ctx))
 
 
 def mnist1d_problem(p: Mapping[str, Any]) -> FewShotProblem:
@@ -213,7 +231,7 @@ train_app.command(
     "mnist1d",
     epilog="Example: fobbench train mnist1d --methods fobmaml-sym,maml,fomaml,reptile,imaml --iterations 600",
 )(options.command(
-    lambda p: runner.carry_out(plan(p, "train.mnist1d", mnist1d_problem)), MNIST1D, ALIASES,
+    lambda p: carry_out(p, "train.mnist1d", mnist1d_problem), MNIST1D, ALIASES,
     doc="""MNIST-1D N-way K-shot (paper §6.2, App. D.2): Conv1D, 12,000 generated examples.
 
     Meta-training tasks: the 9,600 training examples. Evaluation tasks: the 2,400 held-out examples.
@@ -226,7 +244,7 @@ train_app.command(
     "omniglot",
     epilog="Example: fobbench train omniglot --data-dir ~/data/omniglot --methods fobmaml-sym,maml --shots 1",
 )(options.command(
-    lambda p: runner.carry_out(plan(p, "train.omniglot", omniglot_problem)), OMNIGLOT, ALIASES,
+    lambda p: carry_out(p, "train.omniglot", omniglot_problem), OMNIGLOT, ALIASES,
     defaults={"meta_batch": 32, "meta_lr": 1e-3, "ways": 5, "shots": 1, "queries": 15},
     doc="""Omniglot N-way K-shot (paper §6.3, App. D.4): Conv4 on real Omniglot images.
 

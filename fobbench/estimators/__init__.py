@@ -100,9 +100,20 @@ def _tasks(support: Data, query: Data, noise: Params | None
         yield tuple(d[i] for d in support), tuple(d[i] for d in query), task_noise
 
 
+def _part(support: Data, query: Data, noise: Params | None, part: slice | None
+          ) -> tuple[Data, Data, Params | None]:
+    """The tasks ``part`` of a batch (all of it for None); noise was drawn for the whole batch."""
+    if part is None:
+        return support, query, noise
+    if part.step not in (None, 1):
+        raise FobbenchError(f"task part must be a contiguous slice (got step {part.step})")
+    sliced_noise = None if noise is None else {n: z[part] for n, z in noise.items()}
+    return tuple(d[part] for d in support), tuple(d[part] for d in query), sliced_noise
+
+
 def per_task(method: str, theta: Params, loss: LossFn, support: Data, query: Data,
              config: EstimatorConfig, batching: str = "vmap", chunk_size: int | None = None,
-             generator: torch.Generator | None = None) -> Params:
+             generator: torch.Generator | None = None, part: slice | None = None) -> Params:
     """Each task's meta-gradient, stacked on a leading task axis.
 
     Args:
@@ -115,6 +126,10 @@ def per_task(method: str, theta: Params, loss: LossFn, support: Data, query: Dat
             or ``loop`` (one task at a time: lowest memory).
         chunk_size: tasks per vmap chunk (None: all at once).
         generator: seeds ES-MAML's Gaussian directions.
+        part: compute only these tasks of the batch (None: all). ``support``/``query`` still
+            hold the whole meta-batch and ES-MAML's directions are drawn for all of it, then
+            sliced, so each task's estimate does not depend on how a batch is split (one
+            slice per rank under torch.distributed, :func:`fobbench.distributed.task_slice`).
     """
     estimator = get(method)
     config = method_config(estimator, config)
@@ -124,6 +139,7 @@ def per_task(method: str, theta: Params, loss: LossFn, support: Data, query: Dat
         raise FobbenchError(f"chunk size must be >= 1 (got {chunk_size})")
     theta = detached(theta)
     noise = _noise(estimator, theta, _task_count(support), config, generator)
+    support, query, noise = _part(support, query, noise, part)
     if batching == "vmap" and estimator.vmappable:
         config = replace(config, in_place=False)
 
@@ -140,20 +156,23 @@ def per_task(method: str, theta: Params, loss: LossFn, support: Data, query: Dat
 
 def meta_gradient(method: str, theta: Params, loss: LossFn, support: Data, query: Data,
                   config: EstimatorConfig, batching: str = "vmap", chunk_size: int | None = None,
-                  generator: torch.Generator | None = None) -> MetaGradient:
+                  generator: torch.Generator | None = None, part: slice | None = None) -> MetaGradient:
     """The meta-gradient of ``method`` averaged over a batch of tasks (see :func:`per_task`).
+
+    With ``part``, the average is over those tasks only (``tasks`` says how many).
 
     In ``loop`` mode the tasks are added one at a time into one meta-gradient buffer,
     allocated first, so only one task's working set is alive at once (the paper's memory
     protocol); FO-B-MAML adds each of its solutions as soon as it has it.
     """
     start = time.perf_counter()
-    tasks = _task_count(support)
     estimator = get(method)
     config = method_config(estimator, config)  # e.g. λ = 0 for plain methods under `published`
     if batching == "loop":
         theta_d = detached(theta)
-        noise = _noise(estimator, theta_d, tasks, config, generator)
+        noise = _noise(estimator, theta_d, _task_count(support), config, generator)
+        support, query, noise = _part(support, query, noise, part)
+        tasks = _task_count(support)
         grad = zeros_like(theta_d)
         config = replace(config, in_place=True)  # one task at a time, outside any transform
         for s, q, z in _tasks(support, query, noise):
@@ -161,7 +180,8 @@ def meta_gradient(method: str, theta: Params, loss: LossFn, support: Data, query
         for value in grad.values():
             value.div_(tasks)
     else:
-        stacked = per_task(method, theta, loss, support, query, config, batching, chunk_size, generator)
+        stacked = per_task(method, theta, loss, support, query, config, batching, chunk_size, generator, part)
+        tasks = next(iter(stacked.values())).shape[0] if stacked else 0
         grad = {n: v.mean(dim=0) for n, v in stacked.items()}
     nu = estimator.nu(config, next(iter(theta.values())).dtype)
     return MetaGradient(grad=grad, tasks=tasks, seconds=time.perf_counter() - start, batching=batching,

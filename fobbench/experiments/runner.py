@@ -82,15 +82,24 @@ class Tick:
 
 
 class Sink:
-    """What the runner hands an experiment: resume state, point hashes and file locations."""
+    """What the runner hands an experiment: resume state, point hashes and file locations.
 
-    def __init__(self, writers: Mapping[str, ResultWriter], resuming: bool = False) -> None:
+    A sink without writers (``paths`` only) is what a torch.distributed rank other than 0
+    gets: it knows where the files are but cannot read or write them (:meth:`done` and
+    :meth:`point_hash` raise); the experiment asks rank 0 instead.
+    """
+
+    def __init__(self, writers: Mapping[str, ResultWriter], resuming: bool = False,
+                 paths: Mapping[str, Path] | None = None) -> None:
         self._writers = dict(writers)
+        self._paths = dict(paths or {})
         self.resuming = resuming
         """True when the run continues earlier files (experiments with checkpoints load them)."""
         self.hashes: set[str] = set()
 
     def _writer(self, output: str) -> ResultWriter:
+        if not self._writers:
+            raise FobbenchError("internal: a rank that does not write asked the results file")
         if output not in self._writers:
             if output == "" and len(self._writers) == 1:
                 return next(iter(self._writers.values()))
@@ -107,6 +116,8 @@ class Sink:
 
     def path(self, output: str = "") -> Path:
         """The CSV file of ``output``."""
+        if not self._writers:
+            return self._paths[output]
         return self._writer(output).path
 
     def write(self, record: Record) -> None:
@@ -129,6 +140,12 @@ class Experiment(Protocol):
 
     def records(self, sink: Sink) -> Iterator[Record | Tick]:
         """Run, yielding each point's record (skipping points ``sink.done`` reports)."""
+
+
+def _files(outputs: list[Output], path: Path) -> dict[str, Path]:
+    """The CSV of each output: ``path`` itself for a single unnamed output, else ``path/<name>.csv``."""
+    folder = len(outputs) > 1 or outputs[0].name != ""
+    return {o.name: path / f"{o.name}.csv" if folder else path for o in outputs}
 
 
 def destination(out: Path | None, resume: Path | None, default: Callable[[], Path]) -> tuple[Path, bool]:
@@ -192,7 +209,7 @@ def _writers(outputs: list[Output], path: Path, resume: bool) -> dict[str, Resul
 
 
 def execute(experiment: Experiment, path: Path, resume: bool = False, quiet: bool = True,
-            label: str = "") -> RunFiles:
+            label: str = "", write: bool = True) -> RunFiles:
     """Run ``experiment`` into ``path`` (a file, or a folder for several outputs).
 
     Every results file is locked while the run writes it and released when it ends, however
@@ -205,11 +222,18 @@ def execute(experiment: Experiment, path: Path, resume: bool = False, quiet: boo
         resume: continue the file(s) at ``path``, skipping finished points.
         quiet: no progress bar.
         label: progress bar description (default: the first output's benchmark).
+        write: False on a torch.distributed rank other than 0: the experiment runs (it takes
+            part in the collectives) but nothing is opened, written or shown.
 
     Returns:
         The files written and the hashes of the points visited.
     """
     outputs = experiment.outputs()
+    if not write:
+        sink = Sink({}, resuming=resume, paths=_files(outputs, Path(path)))
+        for _ in experiment.records(sink):
+            pass
+        return RunFiles(_files(outputs, Path(path)), frozenset())
     writers = _writers(outputs, Path(path), resume)
     sink = Sink(writers, resuming=resume)
     try:
@@ -244,6 +268,7 @@ class Plan:
         label: progress bar description.
         show: prints tables and draws figures from what was written (the CLI's part); None
             when nothing is shown (``fobbench run``).
+        write: False on torch.distributed ranks other than 0 (see :func:`execute`).
     """
 
     spec: Experiment
@@ -253,6 +278,7 @@ class Plan:
     threads: int | None = None
     label: str = ""
     show: Callable[[RunFiles], None] | None = None
+    write: bool = True
 
 
 def carry_out(plan: Plan, show: bool = True) -> RunFiles:
@@ -265,10 +291,11 @@ def carry_out(plan: Plan, show: bool = True) -> RunFiles:
             raise FobbenchError(f"--threads must be >= 1 (got {plan.threads})")
         torch.set_num_threads(plan.threads)
     try:
-        files = execute(plan.spec, plan.path, resume=plan.resume, quiet=plan.quiet, label=plan.label)
+        files = execute(plan.spec, plan.path, resume=plan.resume, quiet=plan.quiet, label=plan.label,
+                        write=plan.write)
     finally:
         if plan.threads is not None:
             torch.set_num_threads(previous)
-    if show and plan.show is not None:
+    if show and plan.write and plan.show is not None:
         plan.show(files)
     return files

@@ -36,8 +36,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from fobbench import distributed as dd
 from fobbench.errors import DivergedError, FobbenchError
-from fobbench.estimators import BATCHING, EstimatorConfig, FloorPasses, get, meta_gradient, method_config
+from fobbench.estimators import BATCHING, EstimatorConfig, FloorPasses, get, method_config
 from fobbench.estimators.nu_rule import AUTO
 from fobbench.experiments.runner import Output, Record, Sink, Tick
 from fobbench.inner import solve
@@ -46,6 +47,10 @@ from fobbench.params import Data, LossFn, Params, classification_loss, detached
 from fobbench.problems.base import FewShotProblem, TaskBatch
 from fobbench.results import Measurement
 from fobbench.stats import t_half_width
+
+INFO_COLUMNS = ("world_size",)
+"""Per-row columns outside the config hash: ``world_size``, the number of torch.distributed
+processes that trained the row (1 without torchrun), so runs with different N compare as one."""
 
 POINT_COLUMNS = (
     "problem", "split", "split_hash", "ways", "shots", "queries", "meta_batch", "inner_steps", "inner_lr",
@@ -226,6 +231,22 @@ def evaluate(model: nn.Module, theta: Params, tasks: TaskBatch, config: Estimato
     Every task is adapted independently from θ with the same inner solver the methods train
     with; BatchNorm uses the query batch's statistics (as in MAML evaluation).
     """
+    return summarize(*evaluate_tasks(model, theta, tasks, config, chunk_size))
+
+
+def summarize(losses: Tensor, accs: Tensor) -> Evaluation:
+    """Mean accuracy, its 95% t-interval and mean loss from per-task query losses and accuracies."""
+    acc = accs.double().cpu().numpy()
+    return Evaluation(acc=float(acc.mean()), ci95=t_half_width(acc), loss=float(losses.double().mean()),
+                      tasks=len(acc))
+
+
+def evaluate_tasks(model: nn.Module, theta: Params, tasks: TaskBatch, config: EstimatorConfig,
+                   chunk_size: int | None = None, part: slice | None = None) -> tuple[Tensor, Tensor]:
+    """Per-task (query losses, query accuracies) of :func:`evaluate`, of the tasks ``part`` only
+    when given (one rank's share under torch.distributed)."""
+    if part is not None:
+        tasks = TaskBatch(tuple(d[part] for d in tasks.support), tuple(d[part] for d in tasks.query))
     loss = classification_loss(model)
     theta = detached(theta)
 
@@ -235,12 +256,23 @@ def evaluate(model: nn.Module, theta: Params, tasks: TaskBatch, config: Estimato
         return nn.functional.cross_entropy(logits, query[1]), (logits.argmax(-1) == query[1]).float().mean()
 
     with torch.no_grad():
-        losses, accs = torch.func.vmap(one, in_dims=(None, 0, 0), chunk_size=chunk_size)(
+        return torch.func.vmap(one, in_dims=(None, 0, 0), chunk_size=chunk_size)(
             theta, tasks.support, tasks.query
         )
-    acc = accs.double().cpu().numpy()
-    return Evaluation(acc=float(acc.mean()), ci95=t_half_width(acc), loss=float(losses.double().mean()),
-                      tasks=len(acc))
+
+
+def evaluate_on(ctx: dd.DistContext, model: nn.Module, theta: Params, tasks: TaskBatch,
+                config: EstimatorConfig, chunk_size: int | None = None) -> Evaluation:
+    """:func:`evaluate` with the tasks shared out over the ranks of ``ctx`` (a collective).
+
+    Each rank adapts its slice; the per-task values are gathered in task order, so the mean
+    and t-interval are computed from the same numbers as in one process.
+    """
+    if not ctx.distributed:
+        return evaluate(model, theta, tasks, config, chunk_size)
+    count = int(tasks.support[0].shape[0])
+    losses, accs = evaluate_tasks(model, theta, tasks, config, chunk_size, ctx.slice(count))
+    return summarize(dd.gather_values(losses, count, ctx), dd.gather_values(accs, count, ctx))
 
 
 # ----------------------------------------------------------------------------------------
@@ -376,18 +408,25 @@ class _MethodRun:
     an uninterrupted one exactly (timing metrics apart). ``est`` is the method's own settings
     under the run's inner protocol (:func:`~fobbench.estimators.method_config`: λ = 0 for the
     plain methods under ``published``); training, evaluation and the floor all use it.
+
+    Under torch.distributed (``ctx``) every rank builds the same run: rank 0 alone reads the
+    results file and the checkpoint and tells the others (:func:`~fobbench.distributed.broadcast_object`);
+    meta-gradients and evaluations are shared out over the ranks; only rank 0 writes.
     """
 
     def __init__(self, problem: FewShotProblem, config: TrainConfig, method: str, seed: int, sink: Sink,
-                 checkpoints: Path) -> None:
+                 checkpoints: Path, ctx: dd.DistContext = dd.SINGLE) -> None:
         self.started = time.perf_counter()
         self.problem, self.config, self.method, self.seed, self.sink = problem, config, method, seed, sink
+        self.ctx = ctx
+        self.device = ctx.device if ctx.distributed else config.device
         self.est = method_config(get(method), config.estimator)
         self.point, self.settings = settings_of(problem, config, method)
-        self.run_hash = sink.point_hash(Record(method, self.point, self.settings, seed))
+        own_hash = sink.point_hash(Record(method, self.point, self.settings, seed)) if ctx.is_writer else None
+        self.run_hash = str(dd.broadcast_object(own_hash, ctx))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.model = problem.model().to(config.device)
+            self.model = problem.model().to(self.device)
         self.theta: Params = dict(self.model.named_parameters())
         self.optimizer = make_outer(config.outer, self.theta.values(), config.meta_lr)
         self.loss = classification_loss(self.model)
@@ -397,9 +436,16 @@ class _MethodRun:
         # The ν of the last outer step (`--nu auto`'s choice included); None for methods without ν.
         self.nu_used: float | None = get(method).nu(self.est, next(iter(self.theta.values())).dtype)
 
-    def restore(self) -> int:
-        """Load this run's checkpoint (θ, optimizer, RNG, timers); the iteration it reached."""
-        state = load_checkpoint(self.path)
+    def saved(self) -> dict[str, object] | None:
+        """This run's checkpoint when the sink resumes and it exists, read by rank 0 and sent to
+        every rank (nothing in it is rank-specific, so a resume may use another number of ranks)."""
+        own = None
+        if self.ctx.is_writer and self.sink.resuming and self.path.is_file():
+            own = load_checkpoint(self.path)
+        return dd.broadcast_object(own, self.ctx)  # type: ignore[return-value]
+
+    def restore(self, state: Mapping[str, object]) -> int:
+        """Continue from a checkpoint (θ, optimizer, RNG, timers); the iteration it reached."""
         if state.get("run_hash") != self.run_hash:
             raise FobbenchError(
                 f"--resume: {self.path} was written with other settings than this command's; "
@@ -415,23 +461,30 @@ class _MethodRun:
 
     def prepare(self) -> None:
         """The fixed evaluation tasks and the speed floor of this method on one meta-batch."""
-        config, device, problem = self.config, self.config.device, self.problem
+        config, device, problem = self.config, self.device, self.problem
         self.eval_tasks = to_device(problem.sample("eval", config.eval_tasks, stream("eval")), device)
         self.train_tasks = to_device(problem.sample("train", config.eval_tasks, stream("train-eval")), device)
         batch = to_device(problem.sample("train", config.meta_batch, stream(self.seed, "floor")), device)
+        if self.ctx.distributed:  # this rank's share of the meta-batch: the passes it must do
+            mine = self.ctx.slice(config.meta_batch)
+            batch = TaskBatch(tuple(d[mine] for d in batch.support), tuple(d[mine] for d in batch.query))
         self.floor = measure_floor(self.loss, self.theta, batch, floor_passes(self.method, self.est),
                                    config.floor_repeats, device)
 
     def record(self, t: int) -> Record:
-        """Evaluation at iteration ``t`` (no measurements when a resumed file holds it)."""
-        record = Record(self.method, {**self.point, "iteration": t}, self.settings, self.seed)
-        if self.sink.done(record):
+        """Evaluation at iteration ``t`` (no measurements when a resumed file holds it).
+
+        A collective under torch.distributed: rank 0 decides whether the point is done.
+        """
+        record = Record(self.method, {**self.point, "iteration": t}, self.settings, self.seed,
+                        info={"world_size": self.ctx.world_size})
+        if dd.broadcast_object(self.sink.done(record) if self.ctx.is_writer else None, self.ctx):
             return record
         # Evaluation adapts at most a meta-batch of tasks at once (Omniglot's 200 tasks in one
         # vmap call would hold gigabytes of activations).
         chunk = self.config.chunk_size or self.config.meta_batch
-        held_out = evaluate(self.model, self.theta, self.eval_tasks, self.est, chunk)
-        seen = evaluate(self.model, self.theta, self.train_tasks, self.est, chunk)
+        held_out = evaluate_on(self.ctx, self.model, self.theta, self.eval_tasks, self.est, chunk)
+        seen = evaluate_on(self.ctx, self.model, self.theta, self.train_tasks, self.est, chunk)
         if not (math.isfinite(held_out.loss) and math.isfinite(seen.loss)):
             raise DivergedError(
                 f"train: {self.method} seed {self.seed}: the query loss became non-finite at iteration {t}; "
@@ -460,13 +513,13 @@ class _MethodRun:
 
     def step(self, t: int, timed: bool) -> None:
         """Meta-iteration ``t``: sample the meta-batch, estimate, one outer step (timed unless warm-up)."""
-        config, device = self.config, self.config.device
+        config, device = self.config, self.device
         _sync(device)
         tick = time.perf_counter()
         batch = to_device(self.problem.sample("train", config.meta_batch, stream(self.seed, "train", t)),
                           device)
-        estimate = meta_gradient(
-            self.method, self.theta, self.loss, batch.support, batch.query, self.est,
+        estimate = dd.meta_gradient_on(
+            self.ctx, self.method, self.theta, self.loss, batch.support, batch.query, self.est,
             batching=config.batching, chunk_size=config.chunk_size, generator=stream(self.seed, "noise", t),
         )
         _check_finite(estimate.grad, self.method, self.seed, t, self.sink.path())
@@ -479,7 +532,9 @@ class _MethodRun:
             self.timer.timed += 1
 
     def checkpoint(self, t: int) -> None:
-        """Save θ, optimizer, RNG states and timers after iteration ``t`` (atomic rename)."""
+        """Save θ, optimizer, RNG states and timers after iteration ``t`` (atomic rename; rank 0 only)."""
+        if not self.ctx.is_writer:
+            return
         save_checkpoint(self.path, {
             "format": "fobbench.train-checkpoint/1",
             "run_hash": self.run_hash,
@@ -494,16 +549,18 @@ class _MethodRun:
 
 
 def run_one(problem: FewShotProblem, config: TrainConfig, method: str, seed: int, sink: Sink,
-            checkpoints: Path) -> Iterator[Record | Tick]:
+            checkpoints: Path, ctx: dd.DistContext = dd.SINGLE) -> Iterator[Record | Tick]:
     """Meta-train ``method`` from seed ``seed``: evaluation records, one tick per iteration.
 
     On a resumed sink, continues from this run's checkpoint (when there is one); records of
     points the file already holds carry no measurements. Each process does not time its first
-    iteration (warm-up) unless it is the only one.
+    iteration (warm-up) unless it is the only one. Under torch.distributed (``ctx``) every rank
+    runs this with the same arguments; only rank 0's sink writes.
     """
-    run = _MethodRun(problem, config, method, seed, sink, checkpoints)
+    run = _MethodRun(problem, config, method, seed, sink, checkpoints, ctx)
     total = config.iterations
-    start = run.restore() if sink.resuming and run.path.is_file() else 0
+    state = run.saved()
+    start = run.restore(state) if state is not None else 0
     if start >= total:
         yield Tick(total)
         return
@@ -526,16 +583,19 @@ class TrainRun:
 
     Methods run one after another for each seed (method-major), all from the same θ₀ and
     task stream per seed, so differences between methods come from the estimators.
-    Checkpoints go to ``<csv stem>-checkpoints/`` beside the results file.
+    Checkpoints go to ``<csv stem>-checkpoints/`` beside the results file. ``dist`` is the
+    torch.distributed context every rank runs the spec in (default: one process); only rank
+    0's plan writes (:attr:`fobbench.experiments.runner.Plan.write`).
     """
 
     problem: FewShotProblem
     config: TrainConfig
     benchmark: str
+    dist: dd.DistContext = dd.SINGLE
 
     def outputs(self) -> list[Output]:
         """One CSV of evaluation rows."""
-        return [Output("", self.benchmark, POINT_COLUMNS, device=self.config.device)]
+        return [Output("", self.benchmark, POINT_COLUMNS, INFO_COLUMNS, device=self.config.device)]
 
     def total(self) -> int:
         """One unit per meta-iteration of every (method, seed)."""
@@ -543,7 +603,9 @@ class TrainRun:
 
     def records(self, sink: Sink) -> Iterator[Record | Tick]:
         """Each (method, seed) run in turn."""
+        dd.check_split(self.config.meta_batch, self.dist)
+        dd.check_split(self.config.eval_tasks, self.dist, "--eval-tasks")
         folder = checkpoint_folder(sink.path())
         for method in self.config.methods:
             for seed in self.config.seeds:
-                yield from run_one(self.problem, self.config, method, seed, sink, folder)
+                yield from run_one(self.problem, self.config, method, seed, sink, folder, self.dist)

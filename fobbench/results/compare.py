@@ -45,7 +45,7 @@ from fobbench.stats import t_half_width
 
 KNOWN_INFO_COLUMNS = (
     "status", "message", "sweep", "sdpa_backend", "contraction", "f_star", "momentum",
-    "fit_points", "fit_range", "note", "error",
+    "fit_points", "fit_range", "note", "error", "world_size",
 )
 """Descriptive per-point columns outside the config hash that the commands write (fallback only:
 see :func:`point_columns`)."""
