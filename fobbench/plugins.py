@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from fobbench.errors import FobbenchError
-from fobbench.params import Data, LossFn, classification_loss
+from fobbench.params import LossFn, classification_loss
 from fobbench.problems.base import TaskBatch
 
 PROBLEMS = "fobbench.problems"
@@ -180,7 +180,8 @@ def check_tasks(label: str, tasks: object) -> TaskBatch:
     support, query = tasks
     for part, data in (("support", support), ("query", query)):
         if not _is_data(data):
-            raise PluginError(f"{label}: {part} must be a non-empty tuple of tensors, got {type(data).__name__}")
+            raise PluginError(f"{label}: {part} must be a non-empty tuple of tensors, "
+                              f"got {type(data).__name__}")
     count = support[0].shape[0] if support[0].dim() else None
     if count is None or any(t.dim() == 0 or t.shape[0] != count for t in (*support, *query)):
         raise PluginError(f"{label}: every support and query tensor needs the same leading task axis")
@@ -190,7 +191,7 @@ def check_tasks(label: str, tasks: object) -> TaskBatch:
 def problem(spec: str, options: Mapping[str, Any] | None = None, check: bool = True) -> Problem:
     """The :class:`Problem` of ``spec`` built with the ``options`` its factory accepts.
 
-    Options given (not None) that the factory does not accept are an error. With ``check``
+    Options the factory does not name are not passed (unless it takes ``**kwargs``). With ``check``
     the problem is probed once (one task sampled, one model built) so a broken plugin fails
     here, with its name, instead of deep inside a run.
     """
@@ -258,3 +259,8 @@ def memory_model(spec: str) -> Callable[[int], MemoryCase]:
                           f"got {type(made).__name__}")
 
     return build
+
+
+__all__ = ["BUILTIN", "MODELS", "PROBLEMS", "MemoryCase", "MemoryModel", "PluginError", "Problem",
+           "TaskBatch", "check_tasks", "describe", "load", "memory_model", "names", "problem", "problem_loss",
+           "registered"]

@@ -75,7 +75,8 @@ class TaskFunctions:
         def column(d: Vec) -> Vec:
             h = torch.func.jvp(torch.func.grad(lambda x: self.value(x, self.support)), (phi,), (d,))[1]
             if v != 0.0:
-                h = h + v * torch.func.jvp(torch.func.grad(lambda x: self.value(x, self.query)), (phi,), (d,))[1]
+                query_grad = torch.func.grad(lambda x: self.value(x, self.query))
+                h = h + v * torch.func.jvp(query_grad, (phi,), (d,))[1]
             return h
 
         rows = torch.func.vmap(column, chunk_size=chunk)(eye).detach()

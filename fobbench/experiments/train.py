@@ -42,6 +42,7 @@ from fobbench.experiments.runner import Output, Record, Sink, Tick
 from fobbench.inner import solve
 from fobbench.meta_optim import OUTER, apply, make_outer
 from fobbench.params import Data, LossFn, Params, classification_loss, detached
+from fobbench.plugins import problem_loss
 from fobbench.problems.base import FewShotProblem, TaskBatch
 from fobbench.results import Measurement
 from fobbench.stats import t_half_width
@@ -217,14 +218,28 @@ class Evaluation:
 
 
 def evaluate(model: nn.Module, theta: Params, tasks: TaskBatch, config: EstimatorConfig,
-             chunk_size: int | None = None) -> Evaluation:
+             chunk_size: int | None = None, loss: LossFn | None = None) -> Evaluation:
     """Adapt θ on each task's support set (v = 0, K steps), then score its query set.
 
     Every task is adapted independently from θ with the same inner solver the methods train
-    with; BatchNorm uses the query batch's statistics (as in MAML evaluation).
+    with; BatchNorm uses the query batch's statistics (as in MAML evaluation). A plugin
+    problem's own ``loss`` (regression) gives the query loss and a NaN accuracy.
     """
-    loss = classification_loss(model)
     theta = detached(theta)
+    if loss is not None:
+        custom = loss
+
+        def scored(th: Params, support: Data, query: Data) -> tuple[Tensor, Tensor]:
+            phi = solve(th, custom, support, query, 0.0, config.inner)
+            value = custom(phi, query)
+            return value, torch.full_like(value, float("nan"))
+
+        with torch.no_grad():
+            losses, accs = torch.func.vmap(scored, in_dims=(None, 0, 0), chunk_size=chunk_size)(
+                theta, tasks.support, tasks.query)
+        return Evaluation(acc=float("nan"), ci95=float("nan"), loss=float(losses.double().mean()),
+                          tasks=int(losses.shape[0]))
+    loss = classification_loss(model)
 
     def one(th: Params, support: Data, query: Data) -> tuple[Tensor, Tensor]:
         phi = solve(th, loss, support, query, 0.0, config.inner)
@@ -316,15 +331,17 @@ class _Timer:
 def settings_of(problem: FewShotProblem, config: TrainConfig) -> tuple[dict[str, object], dict[str, object]]:
     """(point without iteration, hashed settings) of a run: the problem's description split
     into CSV columns and the rest (data arguments, estimator constants, batching, device)."""
-    describe = dict(problem.describe())
+    from fobbench.plugins import describe as describe_of
+
+    describe = describe_of(problem)
     est = config.estimator
     point = {
         "problem": problem.name,
         "split": describe.pop("split", ""),
         "split_hash": describe.pop("split_hash", ""),
-        "ways": problem.ways,
-        "shots": problem.shots,
-        "queries": problem.queries,
+        "ways": getattr(problem, "ways", ""),
+        "shots": getattr(problem, "shots", ""),
+        "queries": getattr(problem, "queries", ""),
         "meta_batch": config.meta_batch,
         "inner_steps": est.inner.steps,
         "inner_lr": est.inner.lr,
@@ -368,7 +385,7 @@ class _MethodRun:
             self.model = problem.model().to(config.device)
         self.theta: Params = dict(self.model.named_parameters())
         self.optimizer = make_outer(config.outer, self.theta.values(), config.meta_lr)
-        self.loss = classification_loss(self.model)
+        self.loss = problem_loss(problem, self.model)
         self.timer = _Timer()
         self.path = checkpoint_path(checkpoints, method, seed)
         self.floor = 0.0
@@ -406,8 +423,9 @@ class _MethodRun:
         # Evaluation adapts at most a meta-batch of tasks at once (Omniglot's 200 tasks in one
         # vmap call would hold gigabytes of activations).
         chunk = self.config.chunk_size or self.config.meta_batch
-        held_out = evaluate(self.model, self.theta, self.eval_tasks, self.config.estimator, chunk)
-        seen = evaluate(self.model, self.theta, self.train_tasks, self.config.estimator, chunk)
+        custom = None if getattr(self.problem, "loss", None) is None else self.loss
+        held_out = evaluate(self.model, self.theta, self.eval_tasks, self.config.estimator, chunk, custom)
+        seen = evaluate(self.model, self.theta, self.train_tasks, self.config.estimator, chunk, custom)
         timer = self.timer
         measurements = [
             Measurement("eval_acc", held_out.acc, "1", "query_after_adaptation"),

@@ -63,7 +63,8 @@ class Conv4(nn.Module):
         if side < 1:
             raise FobbenchError(f"Conv4: images of {image_size} px are too small for {blocks} pooling blocks")
         self.features = nn.Sequential(OrderedDict(
-            (f"block{i + 1}", conv_block(in_channels if i == 0 else hidden, hidden, activation, pool)) for i in range(blocks)
+            (f"block{i + 1}", conv_block(in_channels if i == 0 else hidden, hidden, activation, pool))
+            for i in range(blocks)
         ))
         self.head = nn.Linear(hidden * side * side, ways)
 

@@ -145,7 +145,8 @@ class MNIST1DProblem:
         from fobbench.models.conv1d import ACTIVATIONS, POOLS
 
         if activation not in ACTIVATIONS:
-            raise FobbenchError(f"--activation: unknown '{activation}' (choose from {', '.join(ACTIVATIONS)})")
+            raise FobbenchError(f"--activation: unknown '{activation}' "
+                                f"(choose from {', '.join(ACTIVATIONS)})")
         if pool not in POOLS:
             raise FobbenchError(f"--pool: unknown '{pool}' (choose from {', '.join(POOLS)})")
         self.activation, self.pool = activation, pool

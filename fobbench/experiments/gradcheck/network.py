@@ -186,7 +186,8 @@ def second_route(fn: TaskFunctions, truth: Truth, config: NetworkConfig) -> tupl
         low = float(torch.linalg.eigvalsh(hessian)[0])
         route = "gd+dense"
     else:
-        grad = conjugate_gradient(fn.objective_hvp(phi, 0.0, config.lam), rhs, config.cg_tol, 4 * phi.numel()).x
+        hvp = fn.objective_hvp(phi, 0.0, config.lam)
+        grad = conjugate_gradient(hvp, rhs, config.cg_tol, 4 * phi.numel()).x
         low = float("nan")
         route = "gd+cg"
     rows = [Measurement("route2_inner_residual", float(g.norm()), "1", "gd"),

@@ -93,7 +93,8 @@ def network_tables(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     truth = _network(frame, "network_truth")
     if not truth.empty:
         wide = truth.pivot_table(index="task", columns="metric", values="value", aggfunc="first")
-        keep = [c for c in ("inner_residual", "cg_residual", "lambda_min", "lambda_max", "route2_inner_residual",
+        keep = [c for c in ("inner_residual", "cg_residual", "lambda_min", "lambda_max",
+                            "route2_inner_residual",
                             "route_agreement") if c in wide.columns]
         wide = wide[keep]
         wide.insert(0, "status", truth.groupby("task")["status"].first())
