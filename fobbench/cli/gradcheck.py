@@ -11,6 +11,7 @@ import typer
 from rich import box
 from rich.table import Table
 
+from fobbench import plugins
 from fobbench.cli import options
 from fobbench.cli.app import app
 from fobbench.errors import FobbenchError
@@ -92,9 +93,11 @@ def gradcheck(
                                              help="Inner steps K of error_vs_k (range syntax).")]
     = "1,2,5,10,20,50,100",
     nu: Annotated[float, typer.Option("--nu", help="FO-B-MAML ν of error_vs_k and outer_loss (≠ 0).")] = 0.01,
-    lam: Annotated[float, typer.Option("--lam", help="Proximal strength λ > 0.")] = 2.0,
-    nu_grid: Annotated[str, typer.Option("--nu-grid", help="ν values of error_vs_nu and the δ-rate fit.")]
-    = "1e-5..1@11",
+    lam: Annotated[float | None, typer.Option(
+        "--lam", help="Proximal strength λ > 0 (default 2.0; 50 with --problem).")] = None,
+    nu_grid: Annotated[str | None, typer.Option(
+        "--nu-grid", help="ν values of error_vs_nu and the δ-rate fit (default 1e-5..1@11; "
+        "1e-3..1e-1@9 with --problem).")] = None,
     nu_inner_steps: Annotated[str, typer.Option(
         "--nu-inner-steps", help="Inner steps K of error_vs_nu and the δ-rate fit.")] = "5,10,20,50,100",
     lam_grid: Annotated[str, typer.Option("--lam-grid", help="λ values of the lambda sweep.")] = "0.1..10@9",
@@ -120,7 +123,21 @@ def gradcheck(
     es_samples: Annotated[int, typer.Option("--es-samples", help=hyperparameter_help("es_samples"))] = 16,
     es_sigma: Annotated[float, typer.Option("--es-sigma", help=hyperparameter_help("es_sigma"))] = 0.01,
     dim: Annotated[int, typer.Option("--dim", help="Meta-parameter dimension d.")] = 20,
-    tasks: Annotated[int, typer.Option("--tasks", help="Number of quadratic tasks M.")] = 10,
+    tasks: Annotated[int | None, typer.Option(
+        "--tasks", help="Number of tasks M (default 10 quadratics; 4 with --problem).")] = None,
+    problem: Annotated[str | None, typer.Option(
+        "--problem", help="Measure on a real network instead of quadratics: a registered problem "
+        f"({', '.join(plugins.names(plugins.PROBLEMS))}) or package.module:factory.")] = None,
+    activation: Annotated[str | None, typer.Option(
+        "--activation", help="Built-in model's activation with --problem: relu (paper), gelu, tanh, softplus."
+    )] = None,
+    pool: Annotated[str | None, typer.Option(
+        "--pool", help="Built-in model's pooling with --problem: max (paper) or avg (default with a smooth "
+        "activation).")] = None,
+    hidden: Annotated[int | None, typer.Option(
+        "--hidden", help="Conv4 filters per block with --problem omniglot (default 64).")] = None,
+    check_tasks: Annotated[int, typer.Option(
+        "--check-tasks", help="With --problem: tasks whose truth is recomputed by a second route.")] = 1,
     cond: Annotated[float, typer.Option("--cond", help="cond(A_i); spectrum log-spaced on [2, 2·cond].")]
     = 25.0,
     distinct_test: Annotated[bool, typer.Option(
@@ -161,6 +178,12 @@ def plan(p: Mapping[str, Any], check_only: bool = False) -> runner.Plan:
     Every value is checked here, before anything runs (``check_only``: nothing else differs;
     ``fobbench run`` checks a whole suite this way).
     """
+    p = {"problem": None, "activation": None, "pool": None, "hidden": None, "check_tasks": 1, **p}
+    if p["problem"] is not None:
+        return network_plan(p)
+    for name in ("activation", "pool", "hidden"):
+        if p[name] is not None:
+            raise FobbenchError(f"--{name} applies to a network (--problem), not to the quadratic tasks")
     folder, resuming = runner.destination(p["out_dir"], p["resume"], experiment.default_out)
     if not (resuming and Path(folder).is_file()):  # a CSV given to --resume: the runner names the folder
         check_writable_dir(folder, "--resume" if resuming else "--out")
@@ -169,8 +192,8 @@ def plan(p: Mapping[str, Any], check_only: bool = False) -> runner.Plan:
         methods=tuple(parse_methods(p["methods"])),
         ks=tuple(parse_range(p["inner_steps"], "--inner-steps", int)),
         nu=p["nu"],
-        lam=p["lam"],
-        nu_grid=tuple(parse_range(p["nu_grid"], "--nu-grid", float)),
+        lam=2.0 if p["lam"] is None else p["lam"],
+        nu_grid=tuple(parse_range(p["nu_grid"] or "1e-5..1@11", "--nu-grid", float)),
         nu_ks=tuple(parse_range(p["nu_inner_steps"], "--nu-inner-steps", int)),
         lam_grid=tuple(parse_range(p["lam_grid"], "--lam-grid", float)),
         rate_nus=None if p["rate_nu"] is None else tuple(parse_range(p["rate_nu"], "--rate-nu", float)),
@@ -184,7 +207,7 @@ def plan(p: Mapping[str, Any], check_only: bool = False) -> runner.Plan:
         es_samples=p["es_samples"],
         es_sigma=p["es_sigma"],
         dim=p["dim"],
-        tasks=p["tasks"],
+        tasks=10 if p["tasks"] is None else p["tasks"],
         cond=p["cond"],
         distinct_test=p["distinct_test"],
         seeds=parse_seeds(p["seeds"], "--seeds"),
@@ -207,3 +230,59 @@ def plan(p: Mapping[str, Any], check_only: bool = False) -> runner.Plan:
 
     return runner.Plan(experiment.GradcheckRun(config), Path(folder), resuming, p["quiet"], p["threads"],
                        "gradcheck", show)
+
+
+def network_plan(p: Mapping[str, Any]) -> runner.Plan:
+    """``gradcheck --problem``: the real-network spec (truth by Newton–CG; three CSVs)."""
+    from fobbench.experiments.gradcheck import network
+
+    if p["threads"] < 1:
+        raise FobbenchError(f"--threads must be >= 1 (got {p['threads']})")
+    defaults = network.NetworkConfig(problem=p["problem"])
+    config = network.NetworkConfig(
+        problem=p["problem"], activation=p["activation"], pool=p["pool"], hidden=p["hidden"],
+        methods=tuple(parse_methods(p["methods"], allow_exact=False)) if p["methods"] != "all"
+        else defaults.methods,
+        ks=tuple(parse_range(p["inner_steps"], "--inner-steps", int)), nu=p["nu"],
+        nu_grid=tuple(parse_range(p["nu_grid"], "--nu-grid", float)) if p["nu_grid"] else defaults.nu_grid,
+        lam=defaults.lam if p["lam"] is None else p["lam"],
+        tasks=defaults.tasks if p["tasks"] is None else p["tasks"],
+        cg_steps=tuple(parse_range(p["cg_steps"], "--cg-steps", int)), es_samples=p["es_samples"],
+        es_sigma=p["es_sigma"], seeds=parse_seeds(p["seeds"], "--seeds"), inner_lr=p["inner_lr"],
+        check_tasks=p["check_tasks"],
+    )
+    folder, resuming = runner.destination(p["out_dir"], p["resume"], experiment.default_out)
+    if not (resuming and Path(folder).is_file()):  # a CSV given to --resume: the runner names the folder
+        check_writable_dir(folder, "--resume" if resuming else "--out")
+    made = plugins.problem(config.problem, config.options())  # fails here, before anything is written
+
+    def show(files: runner.RunFiles) -> None:
+        frame = files.frame()
+        _show_network(frame)
+        figures = []
+        if not p["no_plot"]:
+            from fobbench.figures import gradcheck as figures_module
+
+            figures = figures_module.draw(frame, Path(folder))
+        if not p["quiet"]:
+            console.print(f"results: {folder}/ ({', '.join(f.name for f in files.paths.values())})"
+                          + (f"; figures: {', '.join(f.name for f in figures)}" if figures else ""))
+
+    return runner.Plan(network.NetworkRun(config, made), Path(folder), resuming, p["quiet"], p["threads"],
+                       f"gradcheck --problem {config.problem}", show)
+
+
+def _show_network(frame: Any) -> None:
+    """Truth check, error × K table, ν slopes."""
+    from fobbench.experiments.gradcheck import summaries
+
+    for title, table in summaries.network_tables(frame):
+        view = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+        view.add_column(str(table.index.name or ""), no_wrap=True)
+        for column in table.columns:
+            view.add_column(str(column), justify="right", no_wrap=True)
+        for label, row in table.iterrows():
+            view.add_row(str(label), *[v if isinstance(v, str) else _short(float(v)) for v in row])
+        out.print(view)
+    for line in summaries.network_notes(frame):
+        out.print(line)

@@ -12,6 +12,7 @@ import pandas as pd
 import typer
 from rich.table import Table
 
+from fobbench import plugins
 from fobbench.cli import options
 from fobbench.cli.app import app
 from fobbench.errors import FobbenchError
@@ -31,6 +32,7 @@ ALIASES = (options.alias("--k", int), options.alias("--outer-lr", float), option
 class Arch(str, Enum):
     convnet = "convnet"
     transformer = "transformer"
+    plugin = "plugin"
 
 
 class Device(str, Enum):
@@ -47,8 +49,17 @@ Batching = Enum("Batching", {name: name for name in BATCHING}, type=str)
 Fmt = Enum("Fmt", {name: name for name in FORMATS}, type=str)
 
 
-def _sizes(arch: str, channels: str | None, d_model: str | None, seq: str | None) -> dict[str, list[int]]:
+def _sizes(arch: str, channels: str | None, d_model: str | None, seq: str | None,
+           sizes: str | None = None) -> dict[str, list[int]]:
     """Swept and fixed sizes from the options, with the paper's sweeps as defaults."""
+    if arch == "plugin":
+        if channels is not None or d_model is not None or seq is not None:
+            raise FobbenchError("--model sweeps --sizes; --channels, --d-model and --seq apply to --arch")
+        if sizes is None:
+            raise FobbenchError("--model needs --sizes (the values passed to the factory, e.g. 8..64)")
+        return {"size": parse_range(sizes, "--sizes")}
+    if sizes is not None:
+        raise FobbenchError("--sizes applies to --model, not to --arch")
     if arch == "convnet":
         if d_model is not None or seq is not None:
             raise FobbenchError("--d-model and --seq apply to --arch transformer, not convnet")
@@ -96,6 +107,12 @@ def memory(
         "--d-model", help="Transformer width (default 128; sweep e.g. 64..512).")] = None,
     seq: Annotated[str | None, typer.Option(
         "--seq", help="Sequence length (default 32..512; 128 when --d-model is swept).")] = None,
+    model: Annotated[str | None, typer.Option(
+        "--model", help="Your model instead of --arch: a registered memory model "
+        f"({', '.join(plugins.names(plugins.MODELS))}) or package.module:factory; factory(size) "
+        "returns MemoryCase(model, tasks).")] = None,
+    sizes: Annotated[str | None, typer.Option(
+        "--sizes", help="With --model: the sizes passed to the factory (range syntax, e.g. 8..64).")] = None,
     methods: Annotated[str, typer.Option("--methods", help="Comma-separated methods, or all "
                                          f"({', '.join(names(trainable=True))}).")] = "all",
     device: Annotated[Device, typer.Option(
@@ -168,6 +185,14 @@ def plan(p: Mapping[str, Any], check_only: bool = False) -> runner.Plan:
     arch, device = _choice(p["arch"]), _choice(p["device"])
     if p["threads"] < 1:
         raise FobbenchError(f"--threads must be >= 1 (got {p['threads']})")
+    model = p.get("model")
+    if model is not None:
+        from fobbench import plugins
+
+        plugins.memory_model(model)  # a bad plugin path fails here, before anything is written
+        arch = "plugin"
+    elif arch == "plugin":
+        raise FobbenchError("--arch plugin needs --model")
     if p["estimate"] and device == "cuda":
         raise FobbenchError(
             "--estimate runs on the meta device and predicts CPU accounting; drop --device cuda"
@@ -183,12 +208,15 @@ def plan(p: Mapping[str, Any], check_only: bool = False) -> runner.Plan:
         inner_lr=p["inner_lr"], lam=p["lam"], nu=p["nu"], cg_steps=p["cg_steps"], es_samples=p["es_samples"],
         es_sigma=p["es_sigma"], meta_lr=p["meta_lr"], batching=_choice(p["batching"]),
         sdpa=_choice(p["sdpa"]),
-        limit_mib=limit,
+        limit_mib=limit, model=model,
     )
     seeds = parse_seeds(str(p["seeds"]), "--seeds")
     chosen = parse_methods(p["methods"], "--methods", allow_exact=False)
-    sweep, points = experiment.sweep_points(arch, _sizes(arch, p["channels"], p["d_model"], p["seq"]))
+    sizes = _sizes(arch, p["channels"], p["d_model"], p["seq"], p.get("sizes"))
+    sweep, points = experiment.sweep_points(arch, sizes)
     settings.check(points)
+    if model is not None:
+        plugins.memory_model(model)(points[0]["size"])  # probe: a broken factory fails before any write
     if backend == "cuda" and not check_only:
         from fobbench.measure.cuda import require_cuda
 

@@ -251,3 +251,36 @@ train_app.command(
     Meta-training tasks: the split's training characters. Evaluation tasks: its test characters.
     """,
 ))
+
+
+def plugin_problem(p: Mapping[str, Any]) -> FewShotProblem:
+    """The ``--problem`` plugin (a registered name or package.module:factory), probed once."""
+    from fobbench import plugins
+
+    options = {"ways": p["ways"], "shots": p["shots"], "queries": p["queries"], "activation": p["activation"]}
+    return plugins.problem(p["problem"], options)  # type: ignore[return-value]
+
+
+def _problem_names() -> str:
+    from fobbench import plugins
+
+    return ", ".join(plugins.names(plugins.PROBLEMS))
+
+
+PLUGIN = (
+    opt("problem", str, ..., help=f"A registered problem ({_problem_names()}) or package.module:factory."),
+    *SHARED,
+    opt("activation", str | None, None, help="Activation of a built-in model (relu, gelu, tanh, softplus)."),
+)
+
+train_app.command(
+    "problem",
+    epilog="Example: fobbench train problem --problem blobs:problem --methods fobmaml-sym,maml",
+)(options.command(
+    lambda p: runner.carry_out(plan(p, "train.plugin", plugin_problem)), PLUGIN, ALIASES,
+    doc="""Any problem: a registered name or your own package.module:factory.
+
+    The factory returns an object with name, sample(split, tasks, generator) and model()
+    (fobbench.plugins.Problem); see the README, "Benchmark your own model".
+    """,
+))

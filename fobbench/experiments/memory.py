@@ -40,14 +40,14 @@ from fobbench.models.transformer import (
     sdpa_context,
     sequence_tasks,
 )
-from fobbench.params import Data, classification_loss
+from fobbench.params import Data, LossFn, classification_loss
 from fobbench.results import Measurement
 
-ARCHS = ("convnet", "transformer")
-SWEEP_SIZES = {"convnet": ("channels",), "transformer": ("d_model", "seq")}
+ARCHS = ("convnet", "transformer", "plugin")
+SWEEP_SIZES = {"convnet": ("channels",), "transformer": ("d_model", "seq"), "plugin": ("size",)}
 """The sizes a sweep can vary, per architecture."""
 
-DEFAULT_DEPTH = {"convnet": 4, "transformer": 1}
+DEFAULT_DEPTH = {"convnet": 4, "transformer": 1, "plugin": 1}
 
 STATUS_OOM = "oom"
 INFO_COLUMNS = ("status", "sweep", "sdpa_backend", "message")
@@ -83,6 +83,8 @@ class MemorySettings:
         sdpa: ``default`` (PyTorch's choice; second-order methods fall back to math) or ``math``.
         limit_mib: stop an update as ``oom`` above this many MiB over the baseline (None: none).
         seed: seeds the model, the tasks and ES-MAML's directions (default 0).
+        model: with ``arch="plugin"``, the memory plugin (a registered name or
+            ``package.module:factory``, :mod:`fobbench.plugins`) called with each swept size.
     """
 
     arch: str
@@ -107,6 +109,7 @@ class MemorySettings:
     sdpa: str = "default"
     limit_mib: float | None = None
     seed: int = 0
+    model: str | None = None
     estimator: EstimatorConfig = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -148,6 +151,8 @@ class MemorySettings:
         }
         if self.arch == "transformer":
             return {"heads": self.heads, "ffn": self.ffn, "sdpa": self.sdpa, **common}
+        if self.arch == "plugin":
+            return {"model": self.model, **common}
         return {"image": self.image, "in_channels": self.in_channels, **common}
 
     def point_columns(self) -> tuple[str, ...]:
@@ -202,6 +207,7 @@ class Workload:
     support: Data
     query: Data
     has_attention: bool
+    loss: LossFn | None = None
 
     @property
     def theta(self) -> dict[str, torch.Tensor]:
@@ -219,6 +225,21 @@ def build(settings: MemorySettings, point: dict[str, int], device: str) -> Workl
     same parameters; on ``meta`` nothing is allocated (the data are empty meta tensors).
     """
     generator = torch.Generator().manual_seed(settings.seed)
+    if settings.arch == "plugin":
+        from fobbench import plugins
+
+        factory = plugins.memory_model(str(settings.model))
+        if device == "meta":
+            with torch.device("meta"):
+                case = factory(point["size"])
+        else:
+            torch.manual_seed(settings.seed)
+            case = factory(point["size"])
+            moved = type(case.tasks)(tuple(t.to(device) for t in case.tasks.support),
+                                     tuple(t.to(device) for t in case.tasks.query))
+            case = case._replace(model=case.model.to(device), tasks=moved)
+        loss = None if case.loss is None else case.loss(case.model)
+        return Workload(case.model, case.tasks.support, case.tasks.query, False, loss)
     if settings.arch == "transformer":
         settings.check([point])
         d_model, seq = point["d_model"], point["seq"]
@@ -260,7 +281,7 @@ def make_update(settings: MemorySettings, method: str, work: Workload) -> Callab
     Gradients are cleared at the end, so nothing outlives the update but the new θ (in place).
     """
     theta = work.theta
-    loss = classification_loss(work.model)
+    loss = work.loss or classification_loss(work.model)
     outer = make_outer("sgd", theta.values(), settings.meta_lr)
 
     def update() -> None:

@@ -44,6 +44,7 @@ from fobbench.experiments.runner import Output, Record, Sink, Tick
 from fobbench.inner import solve
 from fobbench.meta_optim import OUTER, apply, make_outer
 from fobbench.params import Data, LossFn, Params, classification_loss, detached
+from fobbench.plugins import problem_loss
 from fobbench.problems.base import FewShotProblem, TaskBatch
 from fobbench.results import Measurement
 from fobbench.stats import t_half_width
@@ -225,33 +226,50 @@ class Evaluation:
 
 
 def evaluate(model: nn.Module, theta: Params, tasks: TaskBatch, config: EstimatorConfig,
-             chunk_size: int | None = None) -> Evaluation:
+             chunk_size: int | None = None, loss: LossFn | None = None) -> Evaluation:
     """Adapt θ on each task's support set (v = 0, K steps), then score its query set.
 
     Every task is adapted independently from θ with the same inner solver the methods train
-    with; BatchNorm uses the query batch's statistics (as in MAML evaluation).
+    with; BatchNorm uses the query batch's statistics (as in MAML evaluation). A plugin
+    problem's own ``loss`` (regression) gives the query loss and a NaN accuracy.
     """
-    return summarize(*evaluate_tasks(model, theta, tasks, config, chunk_size))
+    return summarize(*evaluate_tasks(model, theta, tasks, config, chunk_size, loss=loss))
 
 
 def summarize(losses: Tensor, accs: Tensor) -> Evaluation:
-    """Mean accuracy, its 95% t-interval and mean loss from per-task query losses and accuracies."""
+    """Mean accuracy, its 95% t-interval and mean loss from per-task query losses and accuracies
+    (accuracy and interval are NaN for a plugin problem without accuracies)."""
     acc = accs.double().cpu().numpy()
+    if np.isnan(acc).all():
+        return Evaluation(acc=float("nan"), ci95=float("nan"), loss=float(losses.double().mean()),
+                          tasks=len(acc))
     return Evaluation(acc=float(acc.mean()), ci95=t_half_width(acc), loss=float(losses.double().mean()),
                       tasks=len(acc))
 
 
 def evaluate_tasks(model: nn.Module, theta: Params, tasks: TaskBatch, config: EstimatorConfig,
-                   chunk_size: int | None = None, part: slice | None = None) -> tuple[Tensor, Tensor]:
+                   chunk_size: int | None = None, part: slice | None = None,
+                   loss: LossFn | None = None) -> tuple[Tensor, Tensor]:
     """Per-task (query losses, query accuracies) of :func:`evaluate`, of the tasks ``part`` only
     when given (one rank's share under torch.distributed)."""
     if part is not None:
         tasks = TaskBatch(tuple(d[part] for d in tasks.support), tuple(d[part] for d in tasks.query))
-    loss = classification_loss(model)
     theta = detached(theta)
+    if loss is not None:
+        custom = loss
+
+        def scored(th: Params, support: Data, query: Data) -> tuple[Tensor, Tensor]:
+            phi = solve(th, custom, support, query, 0.0, config.inner)
+            value = custom(phi, query)
+            return value, torch.full_like(value, float("nan"))
+
+        with torch.no_grad():
+            return torch.func.vmap(scored, in_dims=(None, 0, 0), chunk_size=chunk_size)(
+                theta, tasks.support, tasks.query)
+    classification = classification_loss(model)
 
     def one(th: Params, support: Data, query: Data) -> tuple[Tensor, Tensor]:
-        phi = solve(th, loss, support, query, 0.0, config.inner)
+        phi = solve(th, classification, support, query, 0.0, config.inner)
         logits = torch.func.functional_call(model, phi, (query[0],))
         return nn.functional.cross_entropy(logits, query[1]), (logits.argmax(-1) == query[1]).float().mean()
 
@@ -262,16 +280,17 @@ def evaluate_tasks(model: nn.Module, theta: Params, tasks: TaskBatch, config: Es
 
 
 def evaluate_on(ctx: dd.DistContext, model: nn.Module, theta: Params, tasks: TaskBatch,
-                config: EstimatorConfig, chunk_size: int | None = None) -> Evaluation:
+                config: EstimatorConfig, chunk_size: int | None = None,
+                loss: LossFn | None = None) -> Evaluation:
     """:func:`evaluate` with the tasks shared out over the ranks of ``ctx`` (a collective).
 
     Each rank adapts its slice; the per-task values are gathered in task order, so the mean
     and t-interval are computed from the same numbers as in one process.
     """
     if not ctx.distributed:
-        return evaluate(model, theta, tasks, config, chunk_size)
+        return evaluate(model, theta, tasks, config, chunk_size, loss)
     count = int(tasks.support[0].shape[0])
-    losses, accs = evaluate_tasks(model, theta, tasks, config, chunk_size, ctx.slice(count))
+    losses, accs = evaluate_tasks(model, theta, tasks, config, chunk_size, ctx.slice(count), loss)
     return summarize(dd.gather_values(losses, count, ctx), dd.gather_values(accs, count, ctx))
 
 
@@ -355,15 +374,17 @@ def settings_of(problem: FewShotProblem, config: TrainConfig,
 
     With ``method``, ``lam`` is the λ that method adapts with under the run's inner protocol
     (0 for MAML, FO-MAML, Reptile, ES-MAML under ``published``)."""
-    describe = dict(problem.describe())
+    from fobbench.plugins import describe as describe_of
+
+    describe = describe_of(problem)
     est = config.estimator if method is None else method_config(get(method), config.estimator)
     point = {
         "problem": problem.name,
         "split": describe.pop("split", ""),
         "split_hash": describe.pop("split_hash", ""),
-        "ways": problem.ways,
-        "shots": problem.shots,
-        "queries": problem.queries,
+        "ways": getattr(problem, "ways", ""),
+        "shots": getattr(problem, "shots", ""),
+        "queries": getattr(problem, "queries", ""),
         "meta_batch": config.meta_batch,
         "inner_steps": est.inner.steps,
         "inner_lr": est.inner.lr,
@@ -429,7 +450,7 @@ class _MethodRun:
             self.model = problem.model().to(self.device)
         self.theta: Params = dict(self.model.named_parameters())
         self.optimizer = make_outer(config.outer, self.theta.values(), config.meta_lr)
-        self.loss = classification_loss(self.model)
+        self.loss = problem_loss(problem, self.model)
         self.timer = _Timer()
         self.path = checkpoint_path(checkpoints, method, seed)
         self.floor = 0.0
@@ -483,9 +504,10 @@ class _MethodRun:
         # Evaluation adapts at most a meta-batch of tasks at once (Omniglot's 200 tasks in one
         # vmap call would hold gigabytes of activations).
         chunk = self.config.chunk_size or self.config.meta_batch
-        held_out = evaluate_on(self.ctx, self.model, self.theta, self.eval_tasks, self.est, chunk)
-        seen = evaluate_on(self.ctx, self.model, self.theta, self.train_tasks, self.est, chunk)
-        if not (math.isfinite(held_out.loss) and math.isfinite(seen.loss)):
+        custom = None if getattr(self.problem, "loss", None) is None else self.loss
+        held_out = evaluate_on(self.ctx, self.model, self.theta, self.eval_tasks, self.est, chunk, custom)
+        seen = evaluate_on(self.ctx, self.model, self.theta, self.train_tasks, self.est, chunk, custom)
+        if not math.isfinite(held_out.loss) or not math.isfinite(seen.loss):
             raise DivergedError(
                 f"train: {self.method} seed {self.seed}: the query loss became non-finite at iteration {t}; "
                 f"rows so far are kept in {self.sink.path()}")

@@ -7,7 +7,10 @@
 - ``gradcheck_outer_loss``  F(θ_t) − F* vs outer iteration (log y) and F(θ_t) with F* dashed;
 - ``gradcheck_error_vs_nu`` error vs ν, one panel per FO-B-MAML variant, one line per K;
 - ``gradcheck_lambda``      adaptation distance (left axis) and cond(A + λI) (right axis) vs λ;
-- ``gradcheck_rates``       the points behind each rate fit with the fitted slope ± 95% CI.
+- ``gradcheck_rates``       the points behind each rate fit with the fitted slope ± 95% CI;
+- ``gradcheck_network_error_vs_k``, ``gradcheck_network_error_vs_nu`` (``gradcheck --problem``):
+  error against the float64 implicit truth vs K and the bias vs ν, log-log, one figure per
+  problem, the truth's worst residuals and route agreement in the caption.
 
 Lines never merge methods, measurement kinds or devices (:func:`fobbench.figures.common.series`),
 nor different values of ``nu``/``lam``/``cg_steps`` within one figure.
@@ -235,8 +238,50 @@ def draw(frame: pd.DataFrame, out_dir: Path, fmt: str = "png") -> list[Path]:
     """Write every gradcheck figure the rows of ``frame`` allow; return their paths."""
     out_dir = Path(out_dir)
     paths = []
-    for figure in (_error_vs_k, _outer_loss, _error_vs_nu, _lambda, _rates):
+    for figure in (_error_vs_k, _outer_loss, _error_vs_nu, _lambda, _rates, *_NETWORK):
         path = figure(frame, out_dir, fmt)
         if path is not None:
             paths.append(path)
     return paths
+
+
+def _truth_caption(frame: pd.DataFrame, problem: str) -> str:
+    """The truth's own residuals for a network figure's caption."""
+    truth = frame[(frame["benchmark"] == "gradcheck.network_truth") & (frame["problem"] == problem)]
+    if truth.empty:
+        return ""
+
+    def worst(metric: str) -> str:
+        values = truth[truth["metric"] == metric]["value"]
+        return "–" if values.empty else f"{values.max():.1e}"
+
+    ok = int((truth.groupby("task")["status"].first() == "ok").sum())
+    return (f"truth: {ok}/{truth['task'].nunique()} tasks ok; ‖∇‖ ≤ {worst('inner_residual')}, "
+            f"CG residual ≤ {worst('cg_residual')}, two routes differ ≤ {worst('route_agreement')}")
+
+
+def _network(frame: pd.DataFrame, out_dir: Path, fmt: str, name: str, x: str, xlabel: str) -> Path | None:
+    rows = _rows(frame, f"gradcheck.{name}", "rel_error")
+    if rows.empty:
+        return None
+    path = None
+    for problem, mine in rows.groupby("problem"):
+        fig, ax = plt.subplots(figsize=(6.4, 4.6))
+        for label, group in _lines(mine, tuple(k for k in SPLIT if k != x)):
+            _band(ax, aggregate(group, [x]), x, label)
+        ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel="‖g − ∇F‖ / ‖∇F‖",
+               title=f"{problem}: meta-gradient error vs {xlabel.split(' ')[-1]} (float64 implicit truth)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+        fig.text(0.01, 0.005, _truth_caption(frame, str(problem)), fontsize=6.5)
+        path = save(fig, out_dir, f"gradcheck_{name}" + ("" if rows["problem"].nunique() == 1 else f"_{problem}"),
+                    fmt)
+    return path
+
+
+_NETWORK = (
+    lambda frame, out_dir, fmt: _network(frame, out_dir, fmt, "network_error_vs_k", "inner_steps",
+                                         "inner steps K"),
+    lambda frame, out_dir, fmt: _network(frame, out_dir, fmt, "network_error_vs_nu", "nu",
+                                         "perturbation ν"),
+)

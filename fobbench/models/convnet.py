@@ -72,3 +72,12 @@ def convnet_tasks(tasks: int, batch: int, ways: int, in_channels: int, image: in
         return x, y
 
     return one_set(), one_set()
+
+
+def memory_model(size: int):  # noqa: ANN201 (returns fobbench.plugins.MemoryCase)
+    """The ``convnet`` memory plugin: ``size`` channels, 4 blocks, one task of 4+4 16×16 images."""
+    from fobbench.plugins import MemoryCase
+    from fobbench.problems.base import TaskBatch
+
+    support, query = convnet_tasks(1, 4, 5, 1, 16, torch.Generator().manual_seed(0))
+    return MemoryCase(ConvNet(size, 4, 1, 5), TaskBatch(support, query))

@@ -156,3 +156,12 @@ def observed_sdpa_kernel(model: nn.Module, x: Tensor) -> str:
     with Observe():
         model(x)
     return "+".join(seen) or "math"
+
+
+def memory_model(size: int):  # noqa: ANN201 (returns fobbench.plugins.MemoryCase)
+    """The ``transformer`` memory plugin: sequence length ``size`` at d_model 128, one block."""
+    from fobbench.plugins import MemoryCase
+    from fobbench.problems.base import TaskBatch
+
+    support, query = sequence_tasks(1, 4, 5, size, 128, torch.Generator().manual_seed(0))
+    return MemoryCase(TransformerClassifier(128, 8, 512, 1, 5), TaskBatch(support, query))

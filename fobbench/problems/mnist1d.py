@@ -132,12 +132,24 @@ class MNIST1DProblem:
         num_samples: total examples generated (default 12,000; 80% meta-train, 20% held out).
         seed: the generator's seed (default 42, the package's standard).
         cache: cache folder (default :func:`cache_dir`).
+        activation: the Conv1D's activation (default ``relu``, the paper's; ``tanh``,
+            ``softplus``, ``gelu`` are smooth).
+        pool: the Conv1D's pooling (default ``max``, the paper's; ``avg`` is smooth).
     """
 
     name = "mnist1d"
 
     def __init__(self, ways: int = 3, shots: int = 5, queries: int = 10,
-                 num_samples: int = DEFAULT_SAMPLES, seed: int = 42, cache: Path | None = None) -> None:
+                 num_samples: int = DEFAULT_SAMPLES, seed: int = 42, cache: Path | None = None,
+                 activation: str = "relu", pool: str = "max") -> None:
+        from fobbench.models.conv1d import ACTIVATIONS, POOLS
+
+        if activation not in ACTIVATIONS:
+            raise FobbenchError(f"--activation: unknown '{activation}' "
+                                f"(choose from {', '.join(ACTIVATIONS)})")
+        if pool not in POOLS:
+            raise FobbenchError(f"--pool: unknown '{pool}' (choose from {', '.join(POOLS)})")
+        self.activation, self.pool = activation, pool
         for option, value in (("--ways", ways), ("--shots", shots), ("--queries", queries)):
             if not isinstance(value, int) or value < 1:
                 raise FobbenchError(f"{option} must be an integer >= 1 (got {value})")
@@ -202,7 +214,7 @@ class MNIST1DProblem:
 
     def model(self) -> nn.Module:
         """A fresh Conv1D of App. D.2 with ``ways`` outputs (initialised from the global torch RNG)."""
-        return Conv1D(ways=self.ways, length=self.length)
+        return Conv1D(ways=self.ways, length=self.length, activation=self.activation, pool=self.pool)
 
     def describe(self) -> dict[str, object]:
         """Settings that define the problem (generator arguments, split), for CSV rows and hashes."""
@@ -218,4 +230,7 @@ class MNIST1DProblem:
             "generator": "mnist1d.data.make_dataset",
             "mnist1d_version": _version(),
             "data_args": dict(self.args),
+            # Only a non-default model is recorded, so the paper model's hashes are unchanged.
+            **({"activation": self.activation} if self.activation != "relu" else {}),
+            **({"pool": self.pool} if self.pool != "max" else {}),
         }

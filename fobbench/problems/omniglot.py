@@ -126,7 +126,9 @@ class OmniglotProblem:
 
     def __init__(self, data_dir: Path | None = None, ways: int = 5, shots: int = 1, queries: int = 15,
                  split: str = "maml", image_size: int = 28, *, rotate: bool = True, resize: str = "lanczos",
-                 source: str = "auto", cache_dir: Path | None = None, quiet: bool = False) -> None:
+                 source: str = "auto", cache_dir: Path | None = None, quiet: bool = False,
+                 activation: str = "relu", pool: str = "max", hidden: int = 64) -> None:
+        self.activation, self.pool, self.hidden = activation, pool, hidden
         for label, value, low in (("ways", ways, 2), ("shots", shots, 1), ("queries", queries, 1),
                                   ("image size", image_size, 4)):
             if not isinstance(value, int) or value < low:
@@ -213,7 +215,8 @@ class OmniglotProblem:
 
     def model(self) -> nn.Module:
         """A fresh Conv4 (App. D.4) with ``ways`` outputs, for 1×s×s inputs."""
-        return Conv4(ways=self.ways, in_channels=1, image_size=self.image_size)
+        return Conv4(ways=self.ways, in_channels=1, image_size=self.image_size, hidden=self.hidden,
+                     activation=self.activation, pool=self.pool)
 
     def describe(self) -> dict[str, object]:
         """Settings that define the problem (go into CSV rows and the config hash)."""
@@ -226,6 +229,10 @@ class OmniglotProblem:
             "data_hash": self.data_hash,
             **{f"{part}_characters": int(chars.size) for part, chars in self.parts.items()},
             **{f"{part}_classes": self.classes(part) for part in self.parts},
+            # Only a non-default model is recorded, so the paper model's hashes are unchanged.
+            **({"activation": self.activation} if self.activation != "relu" else {}),
+            **({"pool": self.pool} if self.pool != "max" else {}),
+            **({"hidden": self.hidden} if self.hidden != 64 else {}),
         }
 
 

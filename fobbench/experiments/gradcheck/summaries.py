@@ -79,3 +79,74 @@ def rates_table(frame: pd.DataFrame) -> pd.DataFrame:
     ranges = rows.dropna(subset=["fit_range"]).groupby(keys)["fit_range"].first()
     table["range"] = [ranges.get(tuple(r[k] for k in keys), "") for _, r in table.iterrows()]
     return table
+
+
+def _network(frame: pd.DataFrame, name: str, metric: str | None = None) -> pd.DataFrame:
+    rows = frame[frame["benchmark"] == f"gradcheck.{name}"]
+    return rows if metric is None else rows[rows["metric"] == metric]
+
+
+def network_tables(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """(title, table) pairs of ``gradcheck --problem``: the truth per task, error by method × K,
+    bias by method × ν (cells are floats, or a status string where no error exists)."""
+    tables: list[tuple[str, pd.DataFrame]] = []
+    truth = _network(frame, "network_truth")
+    if not truth.empty:
+        wide = truth.pivot_table(index="task", columns="metric", values="value", aggfunc="first")
+        keep = [c for c in ("inner_residual", "cg_residual", "lambda_min", "lambda_max",
+                            "route2_inner_residual",
+                            "route_agreement") if c in wide.columns]
+        wide = wide[keep]
+        wide.insert(0, "status", truth.groupby("task")["status"].first())
+        tables.append(("truth per task (Newton–CG + CG, float64); route_agreement: ‖g₁ − g₂‖/‖g₂‖ vs "
+                       "GD + dense solve", wide))
+    for name, column, title in (("network_error_vs_k", "inner_steps", "relative error ‖g − ∇F‖/‖∇F‖ by K"),
+                                ("network_error_vs_nu", "nu", "bias with converged solves by ν")):
+        rows = _network(frame, name)
+        if rows.empty:
+            continue
+        rows = rows.copy()
+        cg = rows["cg_steps"] if "cg_steps" in rows.columns else [None] * len(rows)
+        rows["estimator"] = [method_label(m, c) for m, c in zip(rows["method"], cg, strict=False)]
+        errors = rows[rows["metric"] == "rel_error"]
+        if errors.empty:
+            status = rows.groupby("estimator")["status"].first()
+            tables.append((f"{title}: no truth ({', '.join(sorted(set(status)))})", status.to_frame()))
+            continue
+        table = errors.pivot_table(index="estimator", columns=column, values="value", aggfunc="mean")
+        table = table.loc[sorted(table.index, key=lambda label: (rank_of(label.split(" ")[0]), label))]
+        table.columns = [f"K={int(k)}" if column == "inner_steps" else f"{k:.2g}" for k in table.columns]
+        table.index.name = "estimator"
+        tables.append((title, table))
+    return tables
+
+
+def network_slopes(frame: pd.DataFrame) -> list[tuple[str, object, float]]:
+    """(method, Fit, theory slope) of log error against log ν, per method of the ν sweep."""
+    from fobbench.stats import fit_slope
+
+    rows = _network(frame, "network_error_vs_nu", "rel_error")
+    fits = []
+    for method in sorted(dict.fromkeys(rows["method"]), key=rank_of):
+        mine = rows[rows["method"] == method].groupby("nu")["value"].mean()
+        theory = REGISTRY[method].theory_nu if method in REGISTRY else None
+        fits.append((method, fit_slope(list(mine.index), list(mine.values)), theory))
+    return fits
+
+
+def network_notes(frame: pd.DataFrame) -> list[str]:
+    """One line per ν slope against theory, and how many tasks had a trustworthy truth."""
+    lines = []
+    truth = _network(frame, "network_truth")
+    if not truth.empty:
+        status = truth.groupby("task")["status"].first()
+        counts = ", ".join(f"{n} {s}" for s, n in status.value_counts().items())
+        residual = truth[truth["metric"] == "inner_residual"]["value"].max()
+        lines.append(f"truth: {len(status)} tasks ({counts}); worst inner residual ‖∇‖ = {residual:.1e}")
+        agree = truth[truth["metric"] == "route_agreement"]["value"]
+        if not agree.empty:
+            lines.append(f"truth by two routes: relative difference ≤ {agree.max():.1e}")
+    for method, fit, theory in network_slopes(frame):
+        lines.append(f"slope of bias vs ν, {method}: {fit.slope:.3f} [{fit.lo:.2f}, {fit.hi:.2f}]"
+                     + (f" (theory {theory:g})" if theory is not None else ""))
+    return lines

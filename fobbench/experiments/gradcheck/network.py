@@ -1,0 +1,328 @@
+"""``gradcheck --problem``: meta-gradient error of every estimator on a real network.
+
+The truth is the implicit B-MAML gradient of :mod:`fobbench.truth` (float64; Newton–CG inner
+solve to ‖∇‖ ≤ ``tol``, CG on exact HVPs to a relative residual ≤ ``cg_tol``), never an
+estimator under test; on the first ``check_tasks`` tasks it is recomputed by a second route
+(plain GD from θ to ``tol``, then a dense-Hessian direct solve) and their relative difference
+is recorded. Three CSVs in one folder:
+
+``network_truth``        one row per task: the truth's residuals, Lanczos extremes of
+                         ∇²f̂(φ*) + λI, the two routes' agreement, status (``ok``,
+                         ``nonconvex``, ``not_converged``).
+``network_error_vs_k``   per method (iMAML per CG count) and K: relative error and cosine to
+                         the truth, the inner residual δ = mean ‖φ_K − φ*‖ of the K-step solve.
+``network_error_vs_nu``  FO-B-MAML's stencils on converged (Newton) perturbed solutions
+                         against ν: the bias alone (Prop. 2: slope 1 forward, 2 symmetric).
+
+Tasks whose truth is not ``ok`` are left out of the averages (``tasks_ok`` says how many
+remain); with none left, the rows carry the status and the measured residuals, no error.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from fobbench import plugins
+from fobbench.errors import FobbenchError
+from fobbench.estimators import EstimatorConfig, get, meta_gradient, names, parse_methods
+from fobbench.experiments.gradcheck.config import rate_grid
+from fobbench.experiments.runner import Output, Record, Sink, Tick
+from fobbench.inner import InnerConfig, solve
+from fobbench.params import Data, flatten, unflatten
+from fobbench.results import Measurement
+from fobbench.truth import STATUS_OK, TaskFunctions, Truth, conjugate_gradient, implicit_gradient, newton_cg
+
+SMOOTH = ("tanh", "softplus", "gelu")
+OUTPUTS = {
+    "network_truth": Output("network_truth", "gradcheck.network_truth", ("problem", "task", "lam"),
+                            ("status", "route2", "params")),
+    "network_error_vs_k": Output("network_error_vs_k", "gradcheck.network_error_vs_k",
+                                 ("problem", "inner_steps", "cg_steps", "nu", "lam"),
+                                 ("status", "tasks_ok", "inner_lr")),
+    "network_error_vs_nu": Output("network_error_vs_nu", "gradcheck.network_error_vs_nu",
+                                  ("problem", "solver", "nu", "lam"), ("status", "tasks_ok")),
+}
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """A gradcheck on a real network (see the module doc).
+
+    Attributes:
+        problem: a registered problem name or ``package.module:factory``.
+        activation, pool, hidden: built-in model options passed to the problem factory when
+            given (pool defaults to ``avg`` with a smooth activation: max-pooling's kinks stall
+            the Newton solve even with tanh).
+        methods: estimators (default: every trainable one).
+        ks: inner steps K of the K sweep (default 1, 2, 5, 10, 20, 50, 100).
+        nu: ν of the K sweep (default 0.01).
+        nu_grid: ν of the ν sweep (default 1e-3..1e-1, 9 points).
+        lam: λ (default 50: the randomly initialised BatchNorm networks have Hessian eigenvalues
+            near −40 at θ, so λ = 2 gives a nonconvex inner problem there).
+        tasks: tasks averaged (default 4).
+        inner_lr: GD step α of the estimators (default 0.8/λ_max(∇²f̂(φ*) + λI), max over tasks).
+        tol, cg_tol: the truth's inner and linear tolerances (1e-10 each).
+        check_tasks: tasks whose truth is recomputed by the second route (default 1).
+        dense_max: largest parameter count for the dense second route (default 3000).
+    """
+
+    problem: str
+    activation: str | None = None
+    pool: str | None = None
+    hidden: int | None = None
+    methods: tuple[str, ...] = field(default_factory=lambda: tuple(names(trainable=True)))
+    ks: tuple[int, ...] = (1, 2, 5, 10, 20, 50, 100)
+    nu: float = 0.01
+    nu_grid: tuple[float, ...] = field(default_factory=lambda: rate_grid(1e-3, 1e-1))
+    lam: float = 50.0
+    tasks: int = 4
+    cg_steps: tuple[int, ...] = (2, 5)
+    es_samples: int = 16
+    es_sigma: float = 0.01
+    seeds: tuple[int, ...] = (0,)
+    inner_lr: float | None = None
+    tol: float = 1e-10
+    cg_tol: float = 1e-10
+    check_tasks: int = 1
+    dense_max: int = 3000
+
+    def __post_init__(self) -> None:
+        parse_methods(",".join(self.methods))
+        if self.tasks < 1:
+            raise FobbenchError(f"--tasks must be >= 1 (got {self.tasks})")
+        if not (self.lam > 0 and math.isfinite(self.lam)):
+            raise FobbenchError(f"--lam must be > 0 (got {self.lam})")
+        if any(not isinstance(k, int) or k < 1 for k in self.ks) or not self.ks:
+            raise FobbenchError(f"--inner-steps: every value must be an integer >= 1 (got {list(self.ks)})")
+        if any(not (v > 0 and math.isfinite(v)) for v in self.nu_grid) or not self.nu_grid:
+            raise FobbenchError(f"--nu-grid: every value must be > 0 (got {list(self.nu_grid)})")
+
+    def options(self) -> dict[str, object]:
+        """Options for the problem factory (those given)."""
+        pool = self.pool
+        if pool is None and self.activation in SMOOTH:
+            pool = "avg"
+        return {"activation": self.activation, "pool": pool, "hidden": self.hidden}
+
+    def settings(self) -> dict[str, object]:
+        return {"tasks": self.tasks, "tol": self.tol, "cg_tol": self.cg_tol, "es_samples": self.es_samples,
+                "es_sigma": self.es_sigma, "inner_lr_override": self.inner_lr, **self.options()}
+
+
+def _double(data: Data) -> Data:
+    return tuple(t.double() if t.is_floating_point() else t for t in data)
+
+
+def _task(data: Data, index: list[int]) -> Data:
+    return tuple(t[index] for t in data)
+
+
+def _cosine(a: Tensor, b: Tensor) -> float:
+    return float(a @ b / (a.norm() * b.norm()))
+
+
+class Setup:
+    """One seed's network, tasks and per-task truths."""
+
+    def __init__(self, config: NetworkConfig, made: object, seed: int) -> None:
+        self.config = config
+        torch.manual_seed(seed)
+        self.model = made.model().double()  # type: ignore[attr-defined]
+        batch = plugins.check_tasks(f"--problem '{config.problem}'",
+                                    made.sample("train", config.tasks,  # type: ignore[attr-defined]
+                                                torch.Generator().manual_seed(seed)))
+        self.support, self.query = _double(batch.support), _double(batch.query)
+        self.loss = plugins.problem_loss(made, self.model)
+        self.theta = {n: p.detach() for n, p in self.model.named_parameters()}
+        self.name = str(getattr(made, "name", config.problem))
+        self.functions = [TaskFunctions(self.loss, self.theta, tuple(t[i] for t in self.support),
+                                        tuple(t[i] for t in self.query)) for i in range(config.tasks)]
+        self.truths: list[Truth] = []
+        self.seconds: list[float] = []
+        for fn in self.functions:
+            start = time.perf_counter()
+            self.truths.append(implicit_gradient(fn, config.lam, config.tol, config.cg_tol))
+            self.seconds.append(time.perf_counter() - start)
+        self.ok = [i for i, t in enumerate(self.truths) if t.status == STATUS_OK]
+        self.truth = (torch.stack([self.truths[i].grad for i in self.ok]).mean(0)  # type: ignore[misc]
+                      if self.ok else None)
+        highs = [t.lambda_max for t in self.truths if math.isfinite(t.lambda_max)]
+        self.inner_lr = config.inner_lr or (0.8 / max(highs) if highs else 1e-3)
+
+    def status(self) -> str:
+        """``ok`` when some task's truth is ok, else the first task's status."""
+        return STATUS_OK if self.ok else self.truths[0].status
+
+    def residuals(self) -> list[Measurement]:
+        """The truth's own residuals (worst over the tasks used, else over all)."""
+        used = [self.truths[i] for i in self.ok] or self.truths
+        return [Measurement("truth_inner_residual", max(t.inner_residual for t in used), "1", "newton_cg"),
+                Measurement("truth_cg_residual", max(t.cg_residual for t in used), "1", "cg_relative"),
+                Measurement("truth_lambda_min", min(t.lambda_min for t in used), "1", "lanczos")]
+
+
+def second_route(fn: TaskFunctions, truth: Truth, config: NetworkConfig) -> tuple[str, list[Measurement]]:
+    """Route 2: GD from θ with step 1/λ_max to ``tol`` (at most 20,000 steps), then a dense-Hessian
+    direct solve when the model is small enough, else CG from the GD solution."""
+    phi = fn.theta.clone()
+    step = 1.0 / max(truth.lambda_max, config.lam)
+    g = fn.objective_grad(phi, 0.0, config.lam)
+    steps = 0
+    while float(g.norm()) > config.tol and steps < 20_000:
+        phi = phi - step * g
+        g = fn.objective_grad(phi, 0.0, config.lam)
+        steps += 1
+    rhs = config.lam * fn.grad(phi, fn.query)
+    if phi.numel() <= config.dense_max:
+        hessian = fn.dense_hessian(phi, 0.0, config.lam)
+        grad = torch.linalg.solve(hessian, rhs)
+        low = float(torch.linalg.eigvalsh(hessian)[0])
+        route = "gd+dense"
+    else:
+        hvp = fn.objective_hvp(phi, 0.0, config.lam)
+        grad = conjugate_gradient(hvp, rhs, config.cg_tol, 4 * phi.numel()).x
+        low = float("nan")
+        route = "gd+cg"
+    rows = [Measurement("route2_inner_residual", float(g.norm()), "1", "gd"),
+            Measurement("route2_gd_steps", float(steps), "steps", "gd"),
+            Measurement("route2_lambda_min", low, "1", "dense_eigvalsh")]
+    if truth.grad is not None:
+        rows.append(Measurement("route_agreement", float((grad - truth.grad).norm() / grad.norm()), "1",
+                                "relative_difference"))
+    return route, rows
+
+
+def truth_rows(setup: Setup) -> Iterator[Record]:
+    config = setup.config
+    n = setup.functions[0].theta.numel()
+    for i, (fn, truth) in enumerate(zip(setup.functions, setup.truths, strict=True)):
+        rows = [Measurement("inner_residual", truth.inner_residual, "1", "newton_cg"),
+                Measurement("cg_residual", truth.cg_residual, "1", "cg_relative"),
+                Measurement("lambda_min", truth.lambda_min, "1", "lanczos"),
+                Measurement("lambda_max", truth.lambda_max, "1", "lanczos"),
+                Measurement("newton_iters", float(truth.newton_iters), "steps", "newton_cg"),
+                Measurement("cg_iters", float(truth.cg_iters), "steps", "cg"),
+                Measurement("seconds", setup.seconds[i], "s", "wall_clock")]
+        route = ""
+        if i < config.check_tasks:
+            route, extra = second_route(fn, truth, config)
+            rows += extra
+        yield Record("truth", {"problem": setup.name, "task": i, "lam": config.lam}, measurements=rows,
+                     info={"status": truth.status, "route2": route, "params": n}, output="network_truth")
+
+
+def _variants(config: NetworkConfig, method: str) -> list[int | str]:
+    return list(config.cg_steps) if get(method).sweeps == "cg_steps" else [""]
+
+
+def k_rows(setup: Setup) -> Iterator[Record]:
+    config = setup.config
+    ok = setup.ok
+    deltas: dict[int, float] = {}
+    for k in config.ks:
+        inner = InnerConfig(steps=k, lr=setup.inner_lr, lam=config.lam)
+        values = []
+        for i in ok:
+            fn = setup.functions[i]
+            phi = solve(setup.theta, setup.loss, fn.support, fn.query, 0.0, inner)
+            values.append(float((flatten(phi) - setup.truths[i].phi).norm()))
+        deltas[k] = sum(values) / len(values) if values else float("nan")
+    support, query = _task(setup.support, ok), _task(setup.query, ok)
+    for method in config.methods:
+        for variant in _variants(config, method):
+            for k in config.ks:
+                point = {"problem": setup.name, "inner_steps": k, "cg_steps": variant, "nu": config.nu,
+                         "lam": config.lam}
+                rows = setup.residuals()
+                if setup.truth is not None:
+                    estimator = EstimatorConfig(inner=InnerConfig(steps=k, lr=setup.inner_lr, lam=config.lam),
+                                                nu=config.nu, cg_steps=variant or config.cg_steps[-1],
+                                                es_samples=config.es_samples, es_sigma=config.es_sigma)
+                    start = time.perf_counter()
+                    grad = flatten(meta_gradient(method, setup.theta, setup.loss, support, query, estimator,
+                                                 generator=torch.Generator().manual_seed(0)).grad)
+                    seconds = time.perf_counter() - start
+                    rel = float((grad - setup.truth).norm() / setup.truth.norm())
+                    rows = [Measurement("rel_error", rel, "1", "implicit_truth"),
+                            Measurement("cosine", _cosine(grad, setup.truth), "1", "implicit_truth"),
+                            Measurement("delta", deltas[k], "1", "distance_to_phi_star"),
+                            Measurement("seconds", seconds, "s", "wall_clock"), *rows]
+                yield Record(method, point, measurements=rows, output="network_error_vs_k",
+                             info={"status": setup.status(), "tasks_ok": len(ok), "inner_lr": setup.inner_lr})
+
+
+def nu_rows(setup: Setup) -> Iterator[Record]:
+    config = setup.config
+    for method in config.methods:
+        stencil = get(method).stencil
+        if stencil is None or not get(method).uses_nu:
+            continue
+        for nu in config.nu_grid:
+            point = {"problem": setup.name, "solver": "newton", "nu": nu, "lam": config.lam}
+            rows = setup.residuals()
+            status = setup.status()
+            if setup.truth is not None:
+                grads, worst = [], 0.0
+                for i in setup.ok:
+                    fn, truth = setup.functions[i], setup.truths[i]
+                    total = torch.zeros_like(fn.theta)
+                    for multiple, coefficient in stencil:
+                        if multiple == 0.0:
+                            phi = truth.phi
+                        else:
+                            sol = newton_cg(fn, multiple * nu, config.lam, tol=config.tol, start=truth.phi)
+                            worst = max(worst, sol.grad_norm)
+                            phi = sol.phi
+                            if not sol.converged:
+                                status = "not_converged"
+                        total = total + coefficient * (phi - fn.theta)
+                    grads.append(-config.lam / nu * total)
+                grad = torch.stack(grads).mean(0)
+                rows = [Measurement("rel_error", float((grad - setup.truth).norm() / setup.truth.norm()), "1",
+                                    "implicit_truth"),
+                        Measurement("cosine", _cosine(grad, setup.truth), "1", "implicit_truth"),
+                        Measurement("perturbed_residual", worst, "1", "newton_cg"), *rows]
+            yield Record(method, point, measurements=rows, output="network_error_vs_nu",
+                         info={"status": status, "tasks_ok": len(setup.ok)})
+
+
+def _nu_count(config: NetworkConfig) -> int:
+    return sum(len(config.nu_grid) for m in config.methods if get(m).stencil is not None and get(m).uses_nu)
+
+
+@dataclass(frozen=True)
+class NetworkRun:
+    """The runner's spec of ``gradcheck --problem``: three CSVs in one folder."""
+
+    config: NetworkConfig
+    made: object = field(compare=False, repr=False, default=None)
+
+    def outputs(self) -> list[Output]:
+        return list(OUTPUTS.values())
+
+    def total(self) -> int:
+        c = self.config
+        ks = sum(len(_variants(c, m)) for m in c.methods) * len(c.ks)
+        return len(c.seeds) * (c.tasks + ks + _nu_count(c))
+
+    def records(self, sink: Sink) -> Iterator[Record | Tick]:
+        made = self.made if self.made is not None else plugins.problem(self.config.problem,
+                                                                         self.config.options())
+        for seed in self.config.seeds:
+            yield Tick(0, "truth (Newton–CG, float64)")
+            setup = Setup(self.config, made, seed)
+            settings = {**self.config.settings(), "problem_settings": plugins.describe(made)}
+            for row in itertools.chain(truth_rows(setup), k_rows(setup), nu_rows(setup)):
+                yield Record(row.method, row.point, settings, seed, row.measurements, row.info, row.output)
+
+
+def unflat(vector: Tensor, setup: Setup) -> dict[str, Tensor]:
+    """θ-shaped view of a flat vector (for users inspecting a truth)."""
+    return unflatten(vector, setup.theta)

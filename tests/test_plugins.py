@@ -1,0 +1,111 @@
+"""Plugins: the README example through train, memory and gradcheck; entry points; bad plugins."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from fobbench import plugins
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def _example() -> str:
+    text = README.read_text()
+    section = text[text.index("## Benchmark your own model"):]
+    return re.findall(r"```python\n(.*?)```", section, flags=re.S)[0]
+
+
+@pytest.fixture
+def blobs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The README's blobs.py in a temporary folder that is the current directory."""
+    (tmp_path / "blobs.py").write_text(_example())
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path
+    import sys
+
+    for name in [n for n in sys.modules if n.startswith("blobs") or n.startswith("badplug")]:
+        del sys.modules[name]
+
+
+def test_readme_example_runs_through_train_memory_and_gradcheck(cli, blobs: Path) -> None:
+    code, _, err = cli("train", "problem", "--problem", "blobs:problem", "--methods", "fobmaml-sym",
+                       "--iterations", "2", "--eval-every", "2", "--eval-tasks", "4", "--meta-batch", "2",
+                       "--threads", "1", "--out", "train.csv", "--no-plot", "--quiet")
+    assert code == 0, err
+    assert "blobs" in (blobs / "train.csv").read_text()
+    code, _, err = cli("memory", "--model", "blobs:mlp", "--sizes", "8,16", "--methods", "fobmaml-sym",
+                       "--out", "memory.csv", "--no-plot", "--quiet")
+    assert code == 0, err
+    assert "peak_mib" in (blobs / "memory.csv").read_text()
+    code, out, err = cli("gradcheck", "--problem", "blobs:problem", "--tasks", "1", "--inner-steps", "1,20",
+                         "--methods", "fobmaml-sym,fomaml", "--nu-grid", "1e-3,1e-2,1e-1", "--out", "gc",
+                         "--no-plot")
+    assert code == 0, err
+    truth = (blobs / "gc" / "network_truth.csv").read_text()
+    assert ",ok," in truth and "route_agreement" in truth
+    assert "slope of bias vs ν, fobmaml-sym" in out
+
+
+def test_installed_entry_point_is_listed_and_loaded(blobs: Path) -> None:
+    dist = blobs / "blobs_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: blobs-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[fobbench.problems]\nblobs = blobs:problem\n\n"
+                                           "[fobbench.models]\nblobs-mlp = blobs:mlp\n")
+    assert "blobs" in plugins.names(plugins.PROBLEMS)
+    assert "mnist1d" in plugins.names(plugins.PROBLEMS)
+    assert "blobs-mlp" in plugins.names(plugins.MODELS)
+    made = plugins.problem("blobs")
+    assert made.name == "blobs"
+    case = plugins.memory_model("blobs-mlp")(8)
+    assert isinstance(case.model, torch.nn.Module)
+
+
+def test_builtins_resolve_through_the_registry() -> None:
+    points = plugins.registered(plugins.PROBLEMS)
+    assert points["mnist1d"].value == "fobbench.problems.mnist1d:MNIST1DProblem"
+    case = plugins.memory_model("convnet")(8)
+    assert case.tasks.support[0].shape[0] == 1
+
+
+BAD = {
+    "badplug_memory.py": "def mlp(size):\n    return 42\n",
+    "badplug_raises.py": "def problem():\n    raise RuntimeError('no data here')\n",
+    "badplug_partial.py": "class P:\n    name = 'p'\n"
+                          "    def sample(self, split, tasks, g):\n        return None\n"
+                          "def problem():\n    return P()\n",
+    "badplug_shapes.py": "import torch\nclass P:\n    name = 'p'\n"
+                         "    def sample(self, split, tasks, g):\n        return ([1, 2], [3])\n"
+                         "    def model(self):\n        return torch.nn.Linear(2, 2)\n"
+                         "def problem():\n    return P()\n",
+}
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (("gradcheck", "--problem", "no_such_module_xyz:problem"), "cannot import module 'no_such_module_xyz'"),
+    (("gradcheck", "--problem", "blobs:nothing"), "has no attribute 'nothing'"),
+    (("gradcheck", "--problem", "not-registered"), "not a registered name"),
+    (("gradcheck", "--problem", "badplug_raises:problem"), "the factory raised RuntimeError: no data here"),
+    (("gradcheck", "--problem", "badplug_partial:problem"), "missing model"),
+    (("gradcheck", "--problem", "badplug_shapes:problem"), "support must be a non-empty tuple of tensors"),
+    (("train", "problem", "--problem", "badplug_partial:problem"), "missing model"),
+    (("memory", "--model", "blobs:nothing", "--sizes", "8"), "has no attribute 'nothing'"),
+    (("memory", "--model", "badplug_memory:mlp", "--sizes", "8"), "must return MemoryCase"),
+    (("memory", "--model", "blobs:Blobs", "--sizes", "8"), "factory(8) raised TypeError"),
+])
+def test_bad_plugin_is_one_line_exit_2_nothing_written(cli, blobs: Path, args: tuple[str, ...],
+                                                       expected: str) -> None:
+    for name, text in BAD.items():
+        (blobs / name).write_text(text)
+    out = blobs / "out"
+    code, _, err = cli(*args, "--out", str(out))
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], err
+    assert "--problem" in lines[0] or "--model" in lines[0]
+    assert not out.exists()
