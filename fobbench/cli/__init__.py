@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from fobbench.cli import compare, gradcheck, info, memory, plot, run, train  # noqa: F401  (registers)
+from fobbench.cli import compare, gradcheck, info, memory, plot, run, speed, train  # noqa: F401  (registers)
 from fobbench.cli.app import app
 from fobbench.errors import FobbenchError
 

@@ -16,8 +16,9 @@ Omniglot). Per method and seed:
    timing counters are saved with ``torch.save``.
 
 Speed is reported against a floor: the time of the plain forward+backward passes the
-method cannot avoid (each estimator's registered ``floor``), measured as vmapped ``grad(loss)`` calls over
-the meta-batch's support+query examples.
+method cannot avoid (each estimator's registered ``floor``), each timed as one ordinary
+``nn.Module`` forward+backward over the examples of all tasks of a meta-batch at once
+(:func:`fobbench.measure.floor.honest_floor`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from fobbench.errors import FobbenchError
 from fobbench.estimators import BATCHING, EstimatorConfig, FloorPasses, get, meta_gradient
 from fobbench.experiments.runner import Output, Record, Sink, Tick
 from fobbench.inner import solve
+from fobbench.measure.floor import honest_floor
 from fobbench.meta_optim import OUTER, apply, make_outer
 from fobbench.params import Data, LossFn, Params, classification_loss, detached
 from fobbench.problems.base import FewShotProblem, TaskBatch
@@ -84,7 +86,8 @@ class TrainConfig:
             adapts ``meta_batch`` tasks at a time).
         batching: ``vmap`` (default) or ``loop`` (one task at a time: least memory).
         device: ``cpu`` or ``cuda``.
-        floor_repeats: repeats of the floor measurement; the median counts (default 3).
+        floor_repeats: length of the floor measurement in tenths of a second per pass kind
+            (median of ``torch.utils.benchmark`` blocks; default 3).
     """
 
     methods: tuple[str, ...] = ("fobmaml-sym",)
@@ -395,8 +398,9 @@ class _MethodRun:
         self.eval_tasks = to_device(problem.sample("eval", config.eval_tasks, stream("eval")), device)
         self.train_tasks = to_device(problem.sample("train", config.eval_tasks, stream("train-eval")), device)
         batch = to_device(problem.sample("train", config.meta_batch, stream(self.seed, "floor")), device)
-        self.floor = measure_floor(self.loss, self.theta, batch, floor_passes(self.method, config.estimator),
-                                   config.floor_repeats, device)
+        self.floor = honest_floor(self.model, batch.support, batch.query,
+                                  floor_passes(self.method, config.estimator),
+                                  min_run_time=0.1 * config.floor_repeats).seconds
 
     def record(self, t: int) -> Record:
         """Evaluation at iteration ``t`` (no measurements when a resumed file holds it)."""
