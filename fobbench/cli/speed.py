@@ -35,7 +35,8 @@ OPTIONS = (
         help="Also time torch.compile of the per-task step (cache: $FOBBENCH_CACHE/inductor; "
              "the first, compiling call is reported apart as compile_sec)."),
     opt("peers", str | None, None,
-        help=f"Peer libraries timed beside fobbench: {','.join(PEERS)} or all (pip install 'fobbench[peers]')."),
+        help=f"Peer libraries timed beside fobbench: {','.join(PEERS)} or all "
+             "(pip install 'fobbench[peers]')."),
     opt("meta_batch", str, "16", help="Tasks per meta-gradient; a list or range times each (e.g. 4,16)."),
     opt("rounds", int, 3, help="Interleaved rounds over all contenders (each: Timer.blocked_autorange)."),
     opt("min_run_time", float, 1.0, help="Seconds blocked_autorange spends per contender and round."),
@@ -56,7 +57,8 @@ OPTIONS = (
     opt("device", str, "cpu", help="cpu or cuda."),
     opt("threads", int | None, None,
         help="torch CPU threads (default 1 for this timing benchmark: a shared pool stalls; recorded)."),
-    opt("out_file", Path | None, None, "--out", help="Results CSV (default results/speed/<time>-<commit>.csv)."),
+    opt("out_file", Path | None, None, "--out",
+        help="Results CSV (default results/speed/<time>-<commit>.csv)."),
     opt("resume", Path | None, None, help="Continue this results CSV, skipping finished methods."),
     opt("no_plot", bool, False, help="Do not draw the figure beside the CSV."),
     opt("fmt", str, "png", "--format", help="Figure format: png, svg or pdf."),
@@ -94,7 +96,8 @@ def settings(p: Mapping[str, Any]) -> experiment.SpeedSettings:
         batchings=tuple(dict.fromkeys(batchings)),
         meta_batches=tuple(parse_range(str(p["meta_batch"]), "--meta-batch", kind=int)),
         peers=tuple(parse_peers(p["peers"])),
-        estimator=EstimatorConfig(inner=inner, nu=p["nu"], cg_steps=p["cg_steps"], es_samples=p["es_samples"]),
+        estimator=EstimatorConfig(inner=inner, nu=p["nu"], cg_steps=p["cg_steps"],
+                                  es_samples=p["es_samples"]),
         rounds=p["rounds"], min_run_time=p["min_run_time"], memory=not p["no_memory"],
         floors=not p["no_floors"], seed=seeds[0], device=p["device"],
     )
@@ -138,11 +141,13 @@ def show_table(frame: pd.DataFrame, title: str) -> None:
                      _cell(row.seconds_median, ".1f", 1e3), _cell(row.seconds_iqr, ".1f", 1e3),
                      _cell(row.floor_ratio, ".2f"), _cell(row.vs_vmap, ".2f"), _cell(row.agreement, ".1e"),
                      _cell(row.peak_mib, ".2f"), _cell(row.compile_sec, ".1f"))
-    out.print(view)
-    out.print("×floor: median ÷ the method's honest floor (impl floor, batching plain: its registered passes as "
+    out.print(view, width=max(out.width, 130))
+    out.print("×floor: median ÷ the method's honest floor (impl floor, batching plain: its registered "
+              "passes as "
               "plain nn.Module fwd+bwd over all tasks' examples at once; vmap-ref: per-task vmap(grad) "
               "reference); ×vmap: ÷ fobbench's vmap time for the method; agreement: relative error of the "
-              "meta-gradient against fobbench's (float64 unless compiled); peak: live tensor bytes of one call.")
+              "meta-gradient against fobbench's (float64 unless compiled); peak: live tensor bytes of one "
+              "call.")
 
 
 def plan(p: Mapping[str, Any]) -> runner.Plan:
@@ -172,7 +177,8 @@ def plan(p: Mapping[str, Any]) -> runner.Plan:
 
 app.command(
     "speed",
-    epilog="Example: fobbench speed --methods maml,fomaml,fobmaml-sym --peers higher,torchopt --meta-batch 16",
+    epilog="Example: fobbench speed --methods maml,fomaml,fobmaml-sym --peers higher,torchopt "
+           "--meta-batch 16",
 )(options.command(
     lambda p: runner.carry_out(plan(p)), OPTIONS,
     doc="""Time one meta-gradient per method × batching × meta-batch (torch.utils.benchmark: median, IQR).

@@ -21,6 +21,7 @@ from fobbench.experiments import train as experiment
 from fobbench.figures import train as figures
 from fobbench.figures.common import check_format
 from fobbench.inner import InnerConfig
+from fobbench.measure.timing import default_threads
 from fobbench.problems.base import FewShotProblem
 from fobbench.progress import console, out
 from fobbench.ranges import parse_seeds
@@ -60,7 +61,8 @@ SHARED = (
     opt("batching", str, "vmap", help="vmap (tasks batched) or loop (one task at a time)."),
     opt("device", str, "cpu", help="cpu or cuda."),
     opt("threads", int | None, None,
-        help="torch CPU threads (default: torch's; 1 is steadier on a shared machine)."),
+        help="torch CPU threads (default: half the cores, at most torch's default: 1 on a 2-core machine; "
+             "recorded in every row)."),
     opt("out_file", Path | None, None, "--out",
         help="Results CSV (default: results/train/<UTC stamp>-<commit>.csv)."),
     opt("resume", Path | None, None,
@@ -147,7 +149,8 @@ def plan(p: Mapping[str, Any], benchmark: str, problem: Callable[[Mapping[str, A
                 console.print(f"figures: {figure_dir}/ ({len(paths)} files)", soft_wrap=True)
 
     spec = experiment.TrainRun(problem(p), config, benchmark)
-    return runner.Plan(spec, Path(path), resuming, p["quiet"], p["threads"],
+    threads = p["threads"] if p["threads"] is not None else default_threads("train")
+    return runner.Plan(spec, Path(path), resuming, p["quiet"], threads,
                        f"{benchmark} {','.join(config.methods)}", show)
 
 

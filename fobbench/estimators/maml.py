@@ -41,7 +41,8 @@ def unrolled_autograd(theta: Params, loss: LossFn, support: Data, query: Data,
                 for n, g in zip(names, grads, strict=True)
             }
         outer = torch.autograd.grad(loss(phi, query), [leaves[n] for n in names], allow_unused=True)
-    return {n: (g if g is not None else torch.zeros_like(leaves[n])) for n, g in zip(names, outer, strict=True)}
+    return {n: (g if g is not None else torch.zeros_like(leaves[n]))
+            for n, g in zip(names, outer, strict=True)}
 
 
 @register("maml", "backprop through the K unrolled inner steps", order="second", rank=10)

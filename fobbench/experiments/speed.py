@@ -350,7 +350,8 @@ class SpeedRun:
         """Hashed settings outside the point columns."""
         s = self.settings
         return {"problem_settings": dict(self.problem.describe()),
-                "inner_optimizer": s.estimator.inner.optimizer, "es_sigma": s.estimator.es_sigma, "seed": s.seed, "device": s.device}
+                "inner_optimizer": s.estimator.inner.optimizer, "es_sigma": s.estimator.es_sigma,
+                "seed": s.seed, "device": s.device}
 
     def records(self, sink: Sink) -> Iterator[Record | Tick]:
         """Each meta-batch size in turn: agreement checks, peak memory, interleaved timing rounds."""
@@ -407,5 +408,6 @@ class SpeedRun:
                          info={"status": "ok", "note": FLOOR_BATCHINGS[batching]}, advance=0)
         for row in rows:
             point = self.point(meta_batch, row.impl, row.batching)
-            yield Record(row.method, point, hashed, self.settings.seed, contender_measurements(row, honest.get(row.method, math.nan)),
+            measured = contender_measurements(row, honest.get(row.method, math.nan))
+            yield Record(row.method, point, hashed, self.settings.seed, measured,
                          info={"status": row.status, "note": row.note}, advance=0)

@@ -24,7 +24,8 @@ def _bars(rows: pd.DataFrame) -> pd.DataFrame:
         if column not in wide:
             wide[column] = float("nan")
     order = {"fobbench": 0, "floor": 2}
-    wide["_key"] = [(method_rank(r.method), order.get(r.impl, 1), r.impl, r.batching) for r in wide.itertuples()]
+    wide["_key"] = [(method_rank(r.method), order.get(r.impl, 1), r.impl, r.batching)
+                    for r in wide.itertuples()]
     return wide.sort_values("_key", ascending=False).reset_index(drop=True)
 
 
