@@ -23,7 +23,7 @@ from fobbench.figures.common import check_format
 from fobbench.inner import InnerConfig
 from fobbench.measure.timing import default_threads
 from fobbench.peers import PEERS, parse_peers
-from fobbench.progress import console, out
+from fobbench.progress import console, table_console
 from fobbench.ranges import parse_range, parse_seeds
 from fobbench.results import default_path, read_results
 
@@ -141,8 +141,9 @@ def show_table(frame: pd.DataFrame, title: str) -> None:
                      _cell(row.seconds_median, ".1f", 1e3), _cell(row.seconds_iqr, ".1f", 1e3),
                      _cell(row.floor_ratio, ".2f"), _cell(row.vs_vmap, ".2f"), _cell(row.agreement, ".1e"),
                      _cell(row.peak_mib, ".2f"), _cell(row.compile_sec, ".1f"))
-    out.print(view, width=max(out.width, 130))
-    out.print("×floor: median ÷ the method's honest floor (impl floor, batching plain: its registered "
+    wide = table_console()
+    wide.print(view)
+    wide.print("×floor: median ÷ the method's honest floor (impl floor, batching plain: its registered "
               "passes as "
               "plain nn.Module fwd+bwd over all tasks' examples at once; vmap-ref: per-task vmap(grad) "
               "reference); ×vmap: ÷ fobbench's vmap time for the method; agreement: relative error of the "
