@@ -16,6 +16,7 @@ from fobbench.measure.floor import HONEST, honest_floor, pass_inputs, plain_pass
 from fobbench.measure.timing import default_threads, time_call
 from fobbench.params import classification_loss, relative_error
 from fobbench.peers import PEERS, Peer, parse_peers, unavailable
+from fobbench.plot import collect, draw_all
 from fobbench.problems.mnist1d import MNIST1DProblem
 from fobbench.results import read_results
 from fobbench.results.compare import run as compare_run
@@ -108,6 +109,8 @@ def test_speed_cli_writes_a_versioned_csv(cli, tmp_path: Path) -> None:
     assert "×floor" in out
     report = compare_run(frame, frame)
     assert not report["verdict"].isin(["worse", "changed", "not comparable"]).any()
+    drawn = draw_all(collect(path), tmp_path / "figures")
+    assert [p.name for p in drawn.written["speed"]] == ["speed_mnist1d_B2.png"] and not drawn.failed
 
 
 def test_resume_skips_finished_methods(cli, tmp_path: Path) -> None:
