@@ -163,7 +163,7 @@ def plan(p: Mapping[str, Any]) -> runner.Plan:
 
     def show(files: runner.RunFiles) -> None:
         for note in spec.notes:
-            console.print(f"note: {note}", soft_wrap=True)
+            console.print(f"note: {note}", soft_wrap=True, markup=False)
         frame = files.frame()
         show_table(frame, f"{benchmark}: one meta-gradient, {threads} thread(s), device {chosen.device}")
         console.print(f"results: {path}")
