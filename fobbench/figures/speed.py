@@ -48,7 +48,8 @@ def draw(frame: pd.DataFrame, out_dir: Path, fmt: str = "png") -> list[Path]:
                      fontsize=7)
         for i, r in enumerate(bars.itertuples()):
             if pd.notna(r.floor_ratio):
-                ax.text(r.seconds_median * 1e3, i, f"  {r.floor_ratio:.2f}× floor", va="center", fontsize=6)
+                end = (r.seconds_median + (r.seconds_iqr if pd.notna(r.seconds_iqr) else 0.0) / 2) * 1e3
+                ax.text(end, i, f"  {r.floor_ratio:.2f}× floor", va="center", fontsize=6)
         ax.set_xlabel("median ms per meta-gradient (bars: IQR)")
         extra = " · ".join(f"{k}={named[k]}" for k in keys if k != "benchmark")
         ax.set_title(f"{named.get('benchmark', 'speed')}: {extra}\nblue fobbench, orange peers, grey floors",
