@@ -71,6 +71,8 @@ def test_honest_floor_counts_the_registered_passes(problem, one_thread) -> None:
     assert all(p.grad is None for p in work.model.parameters())
     maml = honest_floor(work.model, work.batch.support, work.batch.query, get("maml").floor(config), 0.02)
     assert set(maml.per_pass) == {"support", "query"}
+    fastest = honest_floor(work.model, work.batch.support, work.batch.query, passes, 0.02, statistic="min")
+    assert 0 < fastest.seconds == pytest.approx(4 * fastest.per_pass["both"])
     reference = vmap_floor(classification_loss(work.model), work.theta, work.batch.support, work.batch.query,
                            passes, 0.02)
     assert reference.seconds > 0

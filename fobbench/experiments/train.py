@@ -86,8 +86,8 @@ class TrainConfig:
             adapts ``meta_batch`` tasks at a time).
         batching: ``vmap`` (default) or ``loop`` (one task at a time: least memory).
         device: ``cpu`` or ``cuda``.
-        floor_repeats: length of the floor measurement in tenths of a second per pass kind
-            (median of ``torch.utils.benchmark`` blocks; default 3).
+        floor_repeats: length of the floor measurement in half-seconds per pass kind
+            (fastest of the ``torch.utils.benchmark`` blocks; default 3).
     """
 
     methods: tuple[str, ...] = ("fobmaml-sym",)
@@ -400,7 +400,7 @@ class _MethodRun:
         batch = to_device(problem.sample("train", config.meta_batch, stream(self.seed, "floor")), device)
         self.floor = honest_floor(self.model, batch.support, batch.query,
                                   floor_passes(self.method, config.estimator),
-                                  min_run_time=0.1 * config.floor_repeats).seconds
+                                  min_run_time=0.5 * config.floor_repeats, statistic="min").seconds
 
     def record(self, t: int) -> Record:
         """Evaluation at iteration ``t`` (no measurements when a resumed file holds it)."""
