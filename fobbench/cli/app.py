@@ -31,6 +31,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
              "Draw the figures each benchmark calls for from every results CSV under PATH."),
     "run": ("fobbench.cli.run",
             "Run every point of a suite file in order, writing each point's CSV under --out."),
+    "speed": ("fobbench.cli.speed",
+              "Time one meta-gradient per method x batching x meta-batch against the honest floor and "
+              "the peer libraries."),
     "train": ("fobbench.cli.train",
               "Meta-train a few-shot classifier with each estimator; accuracy curves, final table, speed."),
 }

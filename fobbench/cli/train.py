@@ -22,6 +22,7 @@ from fobbench.experiments import train as experiment
 from fobbench.figures import train as figures
 from fobbench.figures.common import check_format
 from fobbench.inner import InnerConfig
+from fobbench.measure.timing import default_threads
 from fobbench.paths import check_writable_file, figure_dir
 from fobbench.problems.base import FewShotProblem
 from fobbench.progress import console, out, print_figures
@@ -69,7 +70,8 @@ SHARED = (
     opt("dist_backend", str | None, None,
         help="Under torchrun: gloo or nccl (default: nccl with --device cuda, else gloo)."),
     opt("threads", int | None, None,
-        help="torch CPU threads (default: torch's; 1 is steadier on a shared machine)."),
+        help="torch CPU threads (default: half the cores, at most torch's default: 1 on a 2-core machine; "
+             "recorded in every row)."),
     opt("out_file", Path | None, None, "--out",
         help="Results CSV (default: results/train/<UTC stamp>-<commit>.csv)."),
     opt("resume", Path | None, None,
@@ -183,7 +185,8 @@ def plan(p: Mapping[str, Any], benchmark: str, problem: Callable[[Mapping[str, A
             print_figures(draw(read_results(written), figure_dir(written), p["fmt"]))
 
     spec = experiment.TrainRun(problem(p), config, benchmark, ctx)
-    return runner.Plan(spec, Path(path), resuming, p["quiet"] or not ctx.is_writer, p["threads"],
+    threads = p["threads"] if p["threads"] is not None else default_threads("train")
+    return runner.Plan(spec, Path(path), resuming, p["quiet"] or not ctx.is_writer, threads,
                        f"{benchmark} {','.join(config.methods)}", show, write=ctx.is_writer)
 
 

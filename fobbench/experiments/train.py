@@ -16,8 +16,9 @@ Omniglot). Per method and seed:
    timing counters are saved with ``torch.save``.
 
 Speed is reported against a floor: the time of the plain forward+backward passes the
-method cannot avoid (each estimator's registered ``floor``), measured as vmapped ``grad(loss)`` calls over
-the meta-batch's support+query examples.
+method cannot avoid (each estimator's registered ``floor``), each timed as one ordinary
+``nn.Module`` forward+backward over the examples of all tasks of a meta-batch at once
+(:func:`fobbench.measure.floor.honest_floor`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from fobbench.estimators import BATCHING, EstimatorConfig, FloorPasses, get, met
 from fobbench.estimators.nu_rule import AUTO
 from fobbench.experiments.runner import Output, Record, Sink, Tick
 from fobbench.inner import solve
+from fobbench.measure.floor import honest_floor
 from fobbench.meta_optim import OUTER, apply, make_outer
 from fobbench.params import Data, LossFn, Params, classification_loss, detached
 from fobbench.plugins import problem_loss
@@ -92,7 +94,8 @@ class TrainConfig:
             adapts ``meta_batch`` tasks at a time).
         batching: ``vmap`` (default) or ``loop`` (one task at a time: least memory).
         device: ``cpu`` or ``cuda``.
-        floor_repeats: repeats of the floor measurement; the median counts (default 3).
+        floor_repeats: length of the floor measurement in half-seconds per pass kind
+            (fastest of the ``torch.utils.benchmark`` blocks; default 3).
     """
 
     methods: tuple[str, ...] = ("fobmaml-sym",)
@@ -489,8 +492,12 @@ class _MethodRun:
         if self.ctx.distributed:  # this rank's share of the meta-batch: the passes it must do
             mine = self.ctx.slice(config.meta_batch)
             batch = TaskBatch(tuple(d[mine] for d in batch.support), tuple(d[mine] for d in batch.query))
-        self.floor = measure_floor(self.loss, self.theta, batch, floor_passes(self.method, self.est),
-                                   config.floor_repeats, device)
+        passes = floor_passes(self.method, self.est)
+        if getattr(self.problem, "loss", None) is None:  # classification: plain nn.Module passes
+            self.floor = honest_floor(self.model, batch.support, batch.query, passes,
+                                      min_run_time=0.5 * config.floor_repeats, statistic="min").seconds
+        else:  # a plugin's own loss: the vmap(grad) reference over the same passes
+            self.floor = measure_floor(self.loss, self.theta, batch, passes, config.floor_repeats, device)
 
     def record(self, t: int) -> Record:
         """Evaluation at iteration ``t`` (no measurements when a resumed file holds it).

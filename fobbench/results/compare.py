@@ -134,6 +134,12 @@ METRICS: dict[str, MetricRule] = {
     "grad_sec": MetricRule(LOWER, NOISY),
     "floor_sec": MetricRule(LOWER, NOISY),
     "floor_ratio": MetricRule(LOWER, NOISY),
+    "seconds_median": MetricRule(LOWER, NOISY),
+    "seconds_iqr": MetricRule(EITHER, NOISY),
+    "compile_sec": MetricRule(LOWER, NOISY),
+    # speed: agreement of a contender's meta-gradient with fobbench's (float64, fixed seed)
+    "agreement": MetricRule(LOWER, DETERMINISTIC),
+    "passes": MetricRule(EITHER, DETERMINISTIC),
     # few-shot training: accuracy and loss vary across seeds
     "eval_acc": MetricRule(HIGHER, NOISY),
     "train_acc": MetricRule(HIGHER, NOISY),
@@ -164,6 +170,7 @@ MEASURED_BY_KIND: dict[str, str] = {
     "cuda_max_memory_reserved": DETERMINISTIC,
     "cuda_max_memory_allocated": DETERMINISTIC,
     "wall_clock": NOISY,
+    "torch_benchmark_timer": NOISY,
     "timer": NOISY,
     "perf_counter": NOISY,
     "cuda_event": NOISY,
