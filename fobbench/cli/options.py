@@ -20,7 +20,6 @@ from typing import Annotated, Any
 import typer
 
 from fobbench.errors import FobbenchError
-from fobbench.estimators.nu_rule import AUTO
 
 
 @dataclass(frozen=True)
@@ -133,6 +132,8 @@ NU_AUTO_HELP = ", or auto: chosen from θ's dtype, λ and the method's bias orde
 
 def parse_nu(text: str, option: str = "--nu") -> float | str:
     """A ``--nu`` value: a number or ``auto``; anything else is a one-line error naming the option."""
+    from fobbench.estimators.nu_rule import AUTO  # lazily: the estimators import torch
+
     if str(text).strip().lower() == AUTO:
         return AUTO
     try:
