@@ -274,8 +274,8 @@ def _network(frame: pd.DataFrame, out_dir: Path, fmt: str, name: str, x: str, xl
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
         fig.text(0.01, 0.005, _truth_caption(frame, str(problem)), fontsize=6.5)
-        path = save(fig, out_dir, f"gradcheck_{name}" + ("" if rows["problem"].nunique() == 1 else f"_{problem}"),
-                    fmt)
+        suffix = "" if rows["problem"].nunique() == 1 else f"_{problem}"
+        path = save(fig, out_dir, f"gradcheck_{name}{suffix}", fmt)
     return path
 
 
