@@ -58,43 +58,7 @@ def parse_range(
     if not text:
         raise FobbenchError(f"{option}: empty value")
     if ".." in text:
-        lo_text, _, rest = text.partition("..")
-        step_text: str | None = None
-        count_text: str | None = None
-        if ":" in rest:
-            rest, _, step_text = rest.partition(":")
-        elif "@" in rest:
-            rest, _, count_text = rest.partition("@")
-        lo = _number(lo_text, kind, option, spec)
-        hi = _number(rest, kind, option, spec)
-        if positive and lo <= 0:
-            raise FobbenchError(f"{option}: '{spec}' must start above 0")
-        if hi < lo:
-            raise FobbenchError(f"{option}: '{spec}' is descending (write the smaller bound first)")
-        if step_text is not None:
-            step = _number(step_text, kind, option, spec)
-            if step <= 0:
-                raise FobbenchError(f"{option}: '{spec}' needs a step above 0")
-            count = math.floor((hi - lo) / step + 1e-9) + 1
-            values = [kind(lo + i * step) for i in range(count)]
-        elif count_text is not None:
-            count = _number(count_text, int, option, spec)
-            if count < 2:
-                raise FobbenchError(f"{option}: '{spec}' needs at least 2 points after @")
-            if lo <= 0:
-                raise FobbenchError(f"{option}: '{spec}' log spacing needs a start above 0")
-            ratio = (hi / lo) ** (1.0 / (count - 1))
-            values = [lo * ratio**i for i in range(count)]
-            values[-1] = hi
-            values = sorted({round(v) for v in values}) if kind is int else [kind(v) for v in values]
-        else:
-            if lo <= 0:
-                raise FobbenchError(f"{option}: '{spec}' doubling needs a start above 0")
-            values = []
-            value = lo
-            while value <= hi * (1 + 1e-12):
-                values.append(kind(value))
-                value = value * 2
+        values = _expand(text, spec, option, kind, positive)
     else:
         parts = text.split(",")
         if any(not part.strip() for part in parts):
@@ -102,6 +66,47 @@ def parse_range(
         values = [_number(part, kind, option, spec) for part in parts]
     if positive and any(v <= 0 for v in values):
         raise FobbenchError(f"{option}: '{spec}' must be above 0")
+    return values
+
+
+def _expand(text: str, spec: str, option: str, kind: Callable[[str], T], positive: bool) -> list[T]:
+    """The values of ``a..b`` (doubling), ``a..b:step`` (linear) or ``a..b@n`` (log-spaced)."""
+    lo_text, _, rest = text.partition("..")
+    step_text: str | None = None
+    count_text: str | None = None
+    if ":" in rest:
+        rest, _, step_text = rest.partition(":")
+    elif "@" in rest:
+        rest, _, count_text = rest.partition("@")
+    lo = _number(lo_text, kind, option, spec)
+    hi = _number(rest, kind, option, spec)
+    if positive and lo <= 0:
+        raise FobbenchError(f"{option}: '{spec}' must start above 0")
+    if hi < lo:
+        raise FobbenchError(f"{option}: '{spec}' is descending (write the smaller bound first)")
+    if step_text is not None:
+        step = _number(step_text, kind, option, spec)
+        if step <= 0:
+            raise FobbenchError(f"{option}: '{spec}' needs a step above 0")
+        count = math.floor((hi - lo) / step + 1e-9) + 1
+        return [kind(lo + i * step) for i in range(count)]
+    if count_text is not None:
+        count = _number(count_text, int, option, spec)
+        if count < 2:
+            raise FobbenchError(f"{option}: '{spec}' needs at least 2 points after @")
+        if lo <= 0:
+            raise FobbenchError(f"{option}: '{spec}' log spacing needs a start above 0")
+        ratio = (hi / lo) ** (1.0 / (count - 1))
+        values = [lo * ratio**i for i in range(count)]
+        values[-1] = hi
+        return sorted({round(v) for v in values}) if kind is int else [kind(v) for v in values]
+    if lo <= 0:
+        raise FobbenchError(f"{option}: '{spec}' doubling needs a start above 0")
+    values = []
+    value = lo
+    while value <= hi * (1 + 1e-12):
+        values.append(kind(value))
+        value = value * 2
     return values
 
 

@@ -175,13 +175,9 @@ def _choice(value: object) -> str:
     return str(getattr(value, "value", value))
 
 
-def plan(p: Mapping[str, Any], check_only: bool = False) -> runner.Plan:
-    """The runner's plan of ``fobbench memory`` from its option values (by parameter name).
-
-    Every value is checked here, before anything runs. ``check_only`` (``fobbench run``
-    checking a whole suite) skips what is a fact of the machine, not of the values: whether
-    a CUDA device is present is checked when the point starts.
-    """
+def _checked(p: Mapping[str, Any]) -> tuple[str, str, str | None, float | None]:
+    """(arch, device, plugin model, --limit) after the checks that need no sweep: threads, the
+    plugin path (a bad one fails here, before anything is written), --estimate vs cuda, --limit."""
     arch, device = _choice(p["arch"]), _choice(p["device"])
     if p["threads"] < 1:
         raise FobbenchError(f"--threads must be >= 1 (got {p['threads']})")
@@ -189,7 +185,7 @@ def plan(p: Mapping[str, Any], check_only: bool = False) -> runner.Plan:
     if model is not None:
         from fobbench import plugins
 
-        plugins.memory_model(model)  # a bad plugin path fails here, before anything is written
+        plugins.memory_model(model)
         arch = "plugin"
     elif arch == "plugin":
         raise FobbenchError("--arch plugin needs --model")
@@ -200,6 +196,17 @@ def plan(p: Mapping[str, Any], check_only: bool = False) -> runner.Plan:
     limit = p["limit"]
     if limit is not None and not (limit > 0 and math.isfinite(limit)):
         raise FobbenchError(f"--limit must be a positive number of MiB (got {limit})")
+    return arch, device, model, limit
+
+
+def plan(p: Mapping[str, Any], check_only: bool = False) -> runner.Plan:
+    """The runner's plan of ``fobbench memory`` from its option values (by parameter name).
+
+    Every value is checked here, before anything runs. ``check_only`` (``fobbench run``
+    checking a whole suite) skips what is a fact of the machine, not of the values: whether
+    a CUDA device is present is checked when the point starts.
+    """
+    arch, device, model, limit = _checked(p)
     backend = "estimate" if p["estimate"] else device
     settings = experiment.MemorySettings(
         arch=arch, backend=backend, tasks=p["tasks"], batch=p["batch"], ways=p["ways"], depth=p["depth"],
@@ -216,6 +223,8 @@ def plan(p: Mapping[str, Any], check_only: bool = False) -> runner.Plan:
     sweep, points = experiment.sweep_points(arch, sizes)
     settings.check(points)
     if model is not None:
+        from fobbench import plugins
+
         plugins.memory_model(model)(points[0]["size"])  # probe: a broken factory fails before any write
     if backend == "cuda" and not check_only:
         from fobbench.measure.cuda import require_cuda

@@ -30,7 +30,7 @@ from __future__ import annotations
 import csv
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -465,6 +465,24 @@ def run(
         ``base`` and ``new`` are the median (deterministic) or mean (noisy) values, ``ratio``
         is new/base.
     """
+    _check_settings(factor, rtol, atol, alpha)
+    _require(base, "BASE")
+    _require(new, "NEW")
+    columns = list(dict.fromkeys([*point_columns(base), *point_columns(new)]))
+    shown = _varying([base, new], columns)
+    prepared_base, prepared_new = _prepare(base, columns, shown), _prepare(new, columns, shown)
+    groups_base = _groups(prepared_base[prepared_base["kind"].isin(kinds)])
+    groups_new = _groups(prepared_new[prepared_new["kind"].isin(kinds)])
+    rows: list[dict[str, object]] = []
+    for key in list(dict.fromkeys([*groups_base, *groups_new])):
+        for b, n, verdict, note in _matched(key, groups_base.get(key, {}), groups_new.get(key, {}),
+                                            factor, rtol, atol, alpha):
+            rows.append(_report_row(key, b, n, verdict, note))
+    return pd.DataFrame(rows, columns=list(REPORT_COLUMNS))
+
+
+def _check_settings(factor: float, rtol: float, atol: float, alpha: float) -> None:
+    """One-line errors for thresholds that make no sense (they name the option)."""
     if not factor > 1:
         raise FobbenchError(f"--factor must be > 1 (got {factor})")
     if not rtol >= 0:
@@ -473,53 +491,48 @@ def run(
         raise FobbenchError(f"--atol must be >= 0 (got {atol})")
     if not 0 < alpha < 1:
         raise FobbenchError(f"alpha must be in (0, 1) (got {alpha})")
-    _require(base, "BASE")
-    _require(new, "NEW")
-    columns = list(dict.fromkeys([*point_columns(base), *point_columns(new)]))
-    shown = _varying([base, new], columns)
-    prepared_base, prepared_new = _prepare(base, columns, shown), _prepare(new, columns, shown)
-    prepared_base = prepared_base[prepared_base["kind"].isin(kinds)]
-    prepared_new = prepared_new[prepared_new["kind"].isin(kinds)]
-    groups_base, groups_new = _groups(prepared_base), _groups(prepared_new)
 
-    rows: list[dict[str, object]] = []
 
-    def emit(key: tuple, b: _Group | None, n: _Group | None, verdict: str, note: str) -> None:
-        named = dict(zip(KEY, key, strict=False))
-        point = (b or n).label if (b or n) else named["point"]
-        if named["seed_key"]:
-            point = f"{point} seed={named['seed_key']}".strip()
-        if named["device"] not in ("", "cpu", "nan"):
-            point = f"{point} device={named['device']}".strip()
-        vb, vn = _center(b), _center(n)
-        rows.append(
-            {
-                "benchmark": named["benchmark"], "method": named["method"], "point": point,
-                "metric": named["metric"], "unit": (b or n).unit if (b or n) else "",
-                "measured_by": named["measured_by"], "kind": (b or n).kind if (b or n) else "",
-                "base": vb, "new": vn, "ratio": _ratio(vb, vn),
-                "n_base": len(b.values) if b else 0, "n_new": len(n.values) if n else 0,
-                "verdict": verdict, "note": note,
-            }
-        )
+def _matched(key: tuple, by_hash_b: Mapping[str, _Group], by_hash_n: Mapping[str, _Group], factor: float,
+             rtol: float, atol: float, alpha: float
+             ) -> list[tuple[_Group | None, _Group | None, str, str]]:
+    """(base group, new group, verdict, note) of one key: each config hash present on both sides
+    is judged; what is left on one side only is missing, new, or (both) not comparable."""
+    judged: list[tuple[_Group | None, _Group | None, str, str]] = []
+    for digest in [h for h in by_hash_b if h in by_hash_n]:
+        b, n = by_hash_b[digest], by_hash_n[digest]
+        judged.append((b, n, *_judge(key[3], b, n, factor, rtol, atol, alpha)))
+    only_b = [g for h, g in by_hash_b.items() if h not in by_hash_n]
+    only_n = [g for h, g in by_hash_n.items() if h not in by_hash_b]
+    if only_b and only_n:
+        b, n = _pool(only_b), _pool(only_n)
+        judged.append((b, n, NOT_COMPARABLE,
+                       f"config differs (config_hash {','.join(b.hashes)} vs {','.join(n.hashes)})"))
+    elif only_b:
+        judged.append((_pool(only_b), None, MISSING, "in BASE only"))
+    elif only_n:
+        judged.append((None, _pool(only_n), NEW, "in NEW only"))
+    return judged
 
-    for key in list(dict.fromkeys([*groups_base, *groups_new])):
-        by_hash_b, by_hash_n = groups_base.get(key, {}), groups_new.get(key, {})
-        common = [h for h in by_hash_b if h in by_hash_n]
-        for digest in common:
-            verdict, note = _judge(key[3], by_hash_b[digest], by_hash_n[digest], factor, rtol, atol, alpha)
-            emit(key, by_hash_b[digest], by_hash_n[digest], verdict, note)
-        only_b = [g for h, g in by_hash_b.items() if h not in by_hash_n]
-        only_n = [g for h, g in by_hash_n.items() if h not in by_hash_b]
-        if only_b and only_n:
-            b, n = _pool(only_b), _pool(only_n)
-            emit(key, b, n, NOT_COMPARABLE,
-                 f"config differs (config_hash {','.join(b.hashes)} vs {','.join(n.hashes)})")
-        elif only_b:
-            emit(key, _pool(only_b), None, MISSING, "in BASE only")
-        elif only_n:
-            emit(key, None, _pool(only_n), NEW, "in NEW only")
-    return pd.DataFrame(rows, columns=list(REPORT_COLUMNS))
+
+def _report_row(key: tuple, b: _Group | None, n: _Group | None, verdict: str, note: str) -> dict[str, object]:
+    """One row of the report (:data:`REPORT_COLUMNS`) for a key and its base/new groups."""
+    named = dict(zip(KEY, key, strict=False))
+    either = b or n
+    point = either.label if either else named["point"]
+    if named["seed_key"]:
+        point = f"{point} seed={named['seed_key']}".strip()
+    if named["device"] not in ("", "cpu", "nan"):
+        point = f"{point} device={named['device']}".strip()
+    vb, vn = _center(b), _center(n)
+    return {
+        "benchmark": named["benchmark"], "method": named["method"], "point": point,
+        "metric": named["metric"], "unit": either.unit if either else "",
+        "measured_by": named["measured_by"], "kind": either.kind if either else "",
+        "base": vb, "new": vn, "ratio": _ratio(vb, vn),
+        "n_base": len(b.values) if b else 0, "n_new": len(n.values) if n else 0,
+        "verdict": verdict, "note": note,
+    }
 
 
 def counts(report: pd.DataFrame) -> dict[str, int]:
