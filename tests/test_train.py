@@ -326,7 +326,7 @@ def test_two_torchrun_ranks_train_exactly_as_one_process_and_resume_with_one(cli
         return frame[[*keys, "value", "config_hash"]].sort_values(keys).reset_index(drop=True)
 
     a = stable(one)
-    assert len(a) == 3 * 5  # evaluations (0, 2, 4) × metrics
+    assert len(a) == 3 * 6  # evaluations (0, 2, 4) × (accuracies, losses, interval, nu_used)
     pd.testing.assert_frame_equal(a, stable(two), check_exact=True)
     pd.testing.assert_frame_equal(a, stable(broken), check_exact=True)
     assert set(read_results(one)["world_size"]) == {1} and set(read_results(two)["world_size"]) == {2}
