@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from quadratic_loss import quadratic
 
 from fobbench.errors import FobbenchError
 from fobbench.inner import InnerConfig, _objective_grad, loss_gradient, proximal_objective, solve
@@ -11,24 +12,9 @@ from fobbench.measure.cpu_tracker import LiveStorageTracker
 from fobbench.params import classification_loss
 
 
-def _quadratic(d: int = 6, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    q = torch.randn(d, d, generator=g, dtype=torch.float64)
-    a = q @ q.T / d + 0.5 * torch.eye(d, dtype=torch.float64)
-    b = torch.randn(d, generator=g, dtype=torch.float64)
-
-    def loss(params, data):
-        a_, b_ = data
-        x = params["x"]
-        return 0.5 * x @ a_ @ x + x @ b_
-
-    theta = {"x": torch.randn(d, generator=g, dtype=torch.float64)}
-    return loss, theta, a, b
-
-
 @pytest.mark.parametrize("v", [0.0, 0.3, -0.3])
 def test_sequential_gradient_equals_autograd_of_the_objective(v: float) -> None:
-    loss, theta, a, b = _quadratic()
+    loss, theta, a, b = quadratic(6)
     phi = {"x": theta["x"] + 0.1}
     query = (2 * a, -b)
     expected = torch.func.grad(proximal_objective)(phi, theta, loss, (a, b), query, v, 2.0)
@@ -40,7 +26,7 @@ def test_sequential_gradient_equals_autograd_of_the_objective(v: float) -> None:
                          [("gd", 0.2, 400), ("momentum", 0.05, 400), ("adam", 0.05, 3000)])
 def test_every_inner_optimizer_reaches_the_closed_form_solution(optimizer: str, lr: float, steps: int
                                                                 ) -> None:
-    loss, theta, a, b = _quadratic()
+    loss, theta, a, b = quadratic(6)
     lam, v = 2.0, 0.1
     query = (a, b)
     config = InnerConfig(steps=steps, lr=lr, lam=lam, optimizer=optimizer)

@@ -4,24 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from quadratic_loss import quadratic
 
 from fobbench.errors import FobbenchError
 from fobbench.estimators import REGISTRY, EstimatorConfig, meta_gradient, method_config
 from fobbench.inner import InnerConfig
-
-
-def _quadratic(d: int = 4, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    q = torch.randn(d, d, generator=g, dtype=torch.float64)
-    a = q @ q.T / d + 0.5 * torch.eye(d, dtype=torch.float64)
-    b = torch.randn(d, generator=g, dtype=torch.float64)
-
-    def loss(params, data):
-        a_, b_ = data
-        return 0.5 * params["x"] @ a_ @ params["x"] + params["x"] @ b_
-
-    theta = {"x": torch.randn(d, generator=g, dtype=torch.float64)}
-    return loss, theta, a, b
 
 
 @pytest.mark.parametrize("method", ["maml", "fomaml", "reptile"])
@@ -29,7 +16,7 @@ def test_published_protocol_adapts_plain_methods_on_the_train_loss_alone(method:
     """Under `published`, K GD steps on f̂ alone: φ_K = θ − Σ α∇f̂ in closed form for a
     quadratic, so FO-MAML is A φ_K + b and Reptile (θ − φ_K)/(Kα); MAML equals the proximal
     protocol's MAML at λ = 0."""
-    loss, theta, a, b = _quadratic()
+    loss, theta, a, b = quadratic(4)
     k, lr = 3, 0.1
     config = EstimatorConfig(inner=InnerConfig(steps=k, lr=lr, lam=2.0), inner_protocol="published")
     got = meta_gradient(method, theta, loss, (a[None], b[None]), (a[None], b[None]), config).grad["x"]
@@ -92,7 +79,7 @@ def test_nu_auto_keeps_the_farthest_perturbation_inside_the_cap() -> None:
 def test_richardson_with_nu_auto_runs_at_the_reported_nu(batching: str) -> None:
     """``nu="auto"`` gives the same estimate as that ν passed explicitly, and MetaGradient
     reports it."""
-    loss, theta, a, b = _quadratic()
+    loss, theta, a, b = quadratic(4)
     data = (a[None], b[None])
     auto = meta_gradient("fobmaml-richardson", theta, loss, data, data,
                          EstimatorConfig(inner=InnerConfig(steps=4, lr=0.1), nu="auto"), batching=batching)
