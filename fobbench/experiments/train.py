@@ -454,6 +454,8 @@ class _MethodRun:
         self.theta: Params = dict(self.model.named_parameters())
         self.optimizer = make_outer(config.outer, self.theta.values(), config.meta_lr)
         self.loss = problem_loss(problem, self.model)
+        # A plugin's own loss (e.g. regression), or None for classification.
+        self.custom_loss = None if getattr(problem, "loss", None) is None else self.loss
         self.timer = _Timer()
         self.path = checkpoint_path(checkpoints, method, seed)
         self.floor = 0.0
@@ -493,7 +495,7 @@ class _MethodRun:
             mine = self.ctx.slice(config.meta_batch)
             batch = TaskBatch(tuple(d[mine] for d in batch.support), tuple(d[mine] for d in batch.query))
         passes = floor_passes(self.method, self.est)
-        if getattr(self.problem, "loss", None) is None:  # classification: plain nn.Module passes
+        if self.custom_loss is None:  # classification: plain nn.Module passes
             self.floor = honest_floor(self.model, batch.support, batch.query, passes,
                                       min_run_time=0.5 * config.floor_repeats, statistic="min").seconds
         else:  # a plugin's own loss: the vmap(grad) reference over the same passes
@@ -511,7 +513,7 @@ class _MethodRun:
         # Evaluation adapts at most a meta-batch of tasks at once (Omniglot's 200 tasks in one
         # vmap call would hold gigabytes of activations).
         chunk = self.config.chunk_size or self.config.meta_batch
-        custom = None if getattr(self.problem, "loss", None) is None else self.loss
+        custom = self.custom_loss
         held_out = evaluate_on(self.ctx, self.model, self.theta, self.eval_tasks, self.est, chunk, custom)
         seen = evaluate_on(self.ctx, self.model, self.theta, self.train_tasks, self.est, chunk, custom)
         if not math.isfinite(held_out.loss) or not math.isfinite(seen.loss):
