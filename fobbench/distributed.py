@@ -41,7 +41,15 @@ import torch.distributed as dist
 from torch import Tensor
 
 from fobbench.errors import FobbenchError
-from fobbench.estimators import EstimatorConfig, MetaGradient, get, meta_gradient, method_config, per_task
+from fobbench.estimators import (
+    EstimatorConfig,
+    MetaGradient,
+    get,
+    meta_gradient,
+    method_config,
+    per_task,
+    resolve_nu,
+)
 from fobbench.params import Data, LossFn, Params
 
 ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
@@ -474,6 +482,10 @@ def meta_gradient_on(ctx: DistContext, method: str, theta: Params, loss: LossFn,
     n_tasks = int(support[0].shape[0])
     check_split(n_tasks, ctx)
     part = ctx.slice(n_tasks)
+    estimator = get(method)
+    # `--nu auto`: one ν from the whole batch, the same on every rank
+    config = resolve_nu(method, theta, loss, support, query, method_config(estimator, config), batching,
+                        chunk_size)
     if batching == "loop":
         local = meta_gradient(method, theta, loss, support, query, config, batching, chunk_size, generator,
                               part)
@@ -481,7 +493,6 @@ def meta_gradient_on(ctx: DistContext, method: str, theta: Params, loss: LossFn,
     else:
         stacked = per_task(method, theta, loss, support, query, config, batching, chunk_size, generator, part)
         grad = mean_over_tasks(stacked, n_tasks, ctx)
-    estimator = get(method)
-    nu = estimator.nu(method_config(estimator, config), next(iter(theta.values())).dtype)
+    nu = estimator.nu(config, next(iter(theta.values())).dtype)
     return MetaGradient(grad=grad, tasks=n_tasks, seconds=time.perf_counter() - start, batching=batching,
                         nu=nu)

@@ -14,6 +14,7 @@ from rich.table import Table
 from fobbench import plugins
 from fobbench.cli import options
 from fobbench.cli.app import app
+from fobbench.cli.options import NU_AUTO_HELP, parse_nu
 from fobbench.errors import FobbenchError
 from fobbench.estimators import hyperparameter_help, names, parse_methods
 from fobbench.experiments import gradcheck as experiment
@@ -67,6 +68,7 @@ def _show(files: runner.RunFiles) -> None:
                          f"{row['slope_lo']:.2f}..{row['slope_hi']:.2f}", f"{row['theory_slope']:.3f}",
                          str(row["range"]))
         out.print(view)
+    _show_auto(frame)
     losses = frame[(frame["benchmark"] == "gradcheck.outer_loss") & (frame["metric"] == "suboptimality")]
     if not losses.empty:
         last = losses[losses["iteration"] == losses["iteration"].max()].copy()
@@ -92,7 +94,13 @@ def gradcheck(
     inner_steps: Annotated[str, typer.Option("--inner-steps",
                                              help="Inner steps K of error_vs_k (range syntax).")]
     = "1,2,5,10,20,50,100",
-    nu: Annotated[float, typer.Option("--nu", help="FO-B-MAML ν of error_vs_k and outer_loss (≠ 0).")] = 0.01,
+    nu: Annotated[str, typer.Option("--nu", help="FO-B-MAML ν of error_vs_k and outer_loss (≠ 0)"
+                                    + NU_AUTO_HELP + "; auto rows record nu_used and error_vs_nu "
+                                    "(with --problem: the K sweep) also runs the --nu-grid to compare.")]
+    = "0.01",
+    dtype: Annotated[str, typer.Option(
+        "--dtype", help="float64 or float32: the estimators' floating type (the truth stays float64).")]
+    = "float64",
     lam: Annotated[float | None, typer.Option(
         "--lam", help="Proximal strength λ > 0 (default 2.0; 50 with --problem).")] = None,
     nu_grid: Annotated[str | None, typer.Option(
@@ -191,7 +199,7 @@ def plan(p: Mapping[str, Any], check_only: bool = False) -> runner.Plan:
         experiments=experiment.parse_experiments(p["experiments"]),
         methods=tuple(parse_methods(p["methods"])),
         ks=tuple(parse_range(p["inner_steps"], "--inner-steps", int)),
-        nu=p["nu"],
+        nu=parse_nu(str(p["nu"])),
         lam=2.0 if p["lam"] is None else p["lam"],
         nu_grid=tuple(parse_range(p["nu_grid"] or "1e-5..1@11", "--nu-grid", float)),
         nu_ks=tuple(parse_range(p["nu_inner_steps"], "--nu-inner-steps", int)),
@@ -212,6 +220,7 @@ def plan(p: Mapping[str, Any], check_only: bool = False) -> runner.Plan:
         distinct_test=p["distinct_test"],
         seeds=parse_seeds(p["seeds"], "--seeds"),
         batching=p["batching"],
+        dtype=p.get("dtype", "float64"),
     )
     if p["threads"] < 1:
         raise FobbenchError(f"--threads must be >= 1 (got {p['threads']})")
@@ -243,7 +252,8 @@ def network_plan(p: Mapping[str, Any]) -> runner.Plan:
         problem=p["problem"], activation=p["activation"], pool=p["pool"], hidden=p["hidden"],
         methods=tuple(parse_methods(p["methods"], allow_exact=False)) if p["methods"] != "all"
         else defaults.methods,
-        ks=tuple(parse_range(p["inner_steps"], "--inner-steps", int)), nu=p["nu"],
+        ks=tuple(parse_range(p["inner_steps"], "--inner-steps", int)), nu=parse_nu(str(p["nu"])),
+        dtype=p.get("dtype", "float64"),
         nu_grid=tuple(parse_range(p["nu_grid"], "--nu-grid", float)) if p["nu_grid"] else defaults.nu_grid,
         lam=defaults.lam if p["lam"] is None else p["lam"],
         tasks=defaults.tasks if p["tasks"] is None else p["tasks"],
@@ -286,3 +296,23 @@ def _show_network(frame: Any) -> None:
         out.print(view)
     for line in summaries.network_notes(frame):
         out.print(line)
+    _show_auto(frame)
+
+
+def _show_auto(frame: Any) -> None:
+    """``--nu auto`` against the best fixed ν of the grid (nothing without auto rows)."""
+    from fobbench.experiments.gradcheck import summaries
+
+    table = summaries.auto_table(frame)
+    if table.empty:
+        return
+    view = Table(title="--nu auto vs the best fixed ν of the grid (ratio = auto error / best error)",
+                 box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for column in table.columns:
+        justify = "left" if column in ("sweep", "method") else "right"
+        view.add_column(str(column), justify=justify, no_wrap=True)
+    for _, row in table.iterrows():
+        view.add_row(row["sweep"], row["method"], str(row["K"]), *[
+            f"{row[c]:.2f}" if c == "ratio" else _short(float(row[c]))
+            for c in ("ν auto", "err auto", "ν best", "err best", "ratio")])
+    out.print(view)

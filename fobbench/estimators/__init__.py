@@ -41,6 +41,7 @@ from fobbench.estimators.base import (
     rank_of,
     register,
 )
+from fobbench.estimators.nu_rule import AUTO, solve_error
 from fobbench.params import Data, LossFn, Params, detached, zeros_like
 
 BATCHING = ("vmap", "loop")
@@ -48,7 +49,7 @@ BATCHING = ("vmap", "loop")
 __all__ = [
     "BATCHING", "PROTOCOLS", "REGISTRY", "Estimator", "EstimatorConfig", "FloorPasses", "MetaGradient",
     "accumulates", "get", "hyperparameter_help", "meta_gradient", "method_config", "names", "parse_methods",
-    "per_task", "rank_of", "register",
+    "per_task", "rank_of", "register", "resolve_nu",
 ]
 
 # Every module of this package registers its method on import: adding an estimator is adding
@@ -111,6 +112,26 @@ def _part(support: Data, query: Data, noise: Params | None, part: slice | None
     return tuple(d[part] for d in support), tuple(d[part] for d in query), sliced_noise
 
 
+def resolve_nu(method: str, theta: Params, loss: LossFn, support: Data, query: Data,
+               config: EstimatorConfig, batching: str = "vmap", chunk_size: int | None = None
+               ) -> EstimatorConfig:
+    """``config`` with ``--nu auto`` replaced by this batch's ν (unchanged otherwise).
+
+    One ν per call (per outer step): the rule of :mod:`fobbench.estimators.nu_rule` from θ's
+    dtype, λ, the stencil and, for a method that solves the unperturbed problem (forward),
+    the batch's measured solve error ε (:func:`~fobbench.estimators.nu_rule.solve_error`, one
+    extra unperturbed solve per task). ``support``/``query`` hold the whole batch, so every
+    part of a split batch (one rank's slice) gets the same ν.
+    """
+    estimator = get(method)
+    if config.nu != AUTO or not estimator.uses_nu:
+        return config
+    dtype = next(iter(theta.values())).dtype
+    error = (solve_error(theta, loss, support, query, config.inner, batching, chunk_size)
+             if estimator.solves_unperturbed else 0.0)
+    return replace(config, nu=estimator.nu(config, dtype, error))
+
+
 def per_task(method: str, theta: Params, loss: LossFn, support: Data, query: Data,
              config: EstimatorConfig, batching: str = "vmap", chunk_size: int | None = None,
              generator: torch.Generator | None = None, part: slice | None = None) -> Params:
@@ -138,6 +159,7 @@ def per_task(method: str, theta: Params, loss: LossFn, support: Data, query: Dat
     if chunk_size is not None and chunk_size < 1:
         raise FobbenchError(f"chunk size must be >= 1 (got {chunk_size})")
     theta = detached(theta)
+    config = resolve_nu(method, theta, loss, support, query, config, batching, chunk_size)  # whole batch
     noise = _noise(estimator, theta, _task_count(support), config, generator)
     support, query, noise = _part(support, query, noise, part)
     if batching == "vmap" and estimator.vmappable:
@@ -168,6 +190,7 @@ def meta_gradient(method: str, theta: Params, loss: LossFn, support: Data, query
     start = time.perf_counter()
     estimator = get(method)
     config = method_config(estimator, config)  # e.g. λ = 0 for plain methods under `published`
+    config = resolve_nu(method, theta, loss, support, query, config, batching, chunk_size)  # whole batch
     if batching == "loop":
         theta_d = detached(theta)
         noise = _noise(estimator, theta_d, _task_count(support), config, generator)
@@ -183,6 +206,6 @@ def meta_gradient(method: str, theta: Params, loss: LossFn, support: Data, query
         stacked = per_task(method, theta, loss, support, query, config, batching, chunk_size, generator, part)
         tasks = next(iter(stacked.values())).shape[0] if stacked else 0
         grad = {n: v.mean(dim=0) for n, v in stacked.items()}
-    nu = estimator.nu(config, next(iter(theta.values())).dtype)
+    nu = estimator.nu(config, next(iter(theta.values())).dtype)  # resolved above: a number
     return MetaGradient(grad=grad, tasks=tasks, seconds=time.perf_counter() - start, batching=batching,
                         nu=nu)

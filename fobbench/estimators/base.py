@@ -196,17 +196,24 @@ class Estimator:
         """False for exact methods, which need a dense Hessian (no network training)."""
         return not self.is_exact
 
-    def nu(self, config: EstimatorConfig, dtype: torch.dtype) -> float | None:
+    @property
+    def solves_unperturbed(self) -> bool:
+        """True when the method's stencil solves the unperturbed problem (a v = 0 term, the
+        forward estimator): ``--nu auto`` then measures that solve's error (the rule's ε)."""
+        return self.stencil is not None and any(m == 0.0 for m, _ in self.stencil)
+
+    def nu(self, config: EstimatorConfig, dtype: torch.dtype, solve_error: float = 0.0) -> float | None:
         """The ν this method runs with for θ of ``dtype``: ``config.nu``, or the ``auto`` rule
         (:func:`fobbench.estimators.nu_rule.auto_nu`, from the registered bias order
-        ``theory_nu`` and the stencil's reach); None for methods without ν."""
+        ``theory_nu``, the stencil's reach and the measured inner-solve error ``solve_error``,
+        0 when not measured); None for methods without ν."""
         if not self.uses_nu:
             return None
         if config.nu == AUTO:
             if self.theory_nu is None:
                 raise FobbenchError(f"--nu auto: {self.name} declares no bias order in ν (theory_nu)")
             reach = max(abs(m) for m, _ in self.stencil) if self.stencil else 1.0
-            return auto_nu(dtype, self.theory_nu, config.inner.lam, reach)
+            return auto_nu(dtype, self.theory_nu, config.inner.lam, reach, solve_error)
         return float(config.nu)
 
     def accumulate(self, theta: Params, loss: LossFn, support: Data, query: Data,

@@ -56,7 +56,8 @@ def _lines(frame: pd.DataFrame, split: Sequence[str] = SPLIT) -> Iterator[tuple[
                 if _blank(value):
                     continue
                 symbol = {"cg_steps": "cg ", "lam": "λ=", "nu": "ν="}[key]
-                extra.append(f"{symbol}{int(value) if key == 'cg_steps' else format(value, 'g')}")
+                text = str(value) if isinstance(value, str) else format(value, "g")  # ν may be "auto"
+                extra.append(f"{symbol}{int(value) if key == 'cg_steps' else text}")
             yield (f"{label} ({', '.join(extra)})" if extra else label), sub
 
 
@@ -171,6 +172,9 @@ def _error_vs_nu(frame: pd.DataFrame, out_dir: Path, fmt: str) -> Path | None:
     rows = _rows(frame, "gradcheck.error_vs_nu", "rel_error")
     if rows.empty:
         return None
+    auto = rows["nu"].astype(str) == "auto"  # --nu auto: a marker at the ν it chose
+    chosen = _rows(frame, "gradcheck.error_vs_nu", "nu_used")
+    rows = rows[~auto].assign(nu=pd.to_numeric(rows.loc[~auto, "nu"]))
     methods = sorted(rows["method"].unique())
     fig, axes = plt.subplots(1, len(methods), figsize=(5.2 * len(methods), 4.2), squeeze=False)
     for ax, method in zip(axes[0], methods, strict=False):
@@ -178,6 +182,12 @@ def _error_vs_nu(frame: pd.DataFrame, out_dir: Path, fmt: str) -> Path | None:
         for k, group in subset.groupby("inner_steps", sort=True):
             for label, line in _lines(group, split=("lam",)):
                 _band(ax, aggregate(line, ["nu"]), "nu", f"K={int(k)}" + label.removeprefix(method))
+            mine = _rows(frame, "gradcheck.error_vs_nu", "rel_error")
+            mine = mine[auto & (mine["method"] == method) & (mine["inner_steps"] == k)]
+            used = chosen[(chosen["method"] == method) & (chosen["inner_steps"] == k)]
+            if not mine.empty and not used.empty:
+                ax.plot([used["value"].mean()], [mine["value"].mean()], marker="*", markersize=11,
+                        linestyle="none", color=ax.lines[-1].get_color(), label=f"K={int(k)} auto")
         ax.set(xscale="log", yscale="log", xlabel="perturbation ν", ylabel="‖g − ∇F‖ / ‖∇F‖",
                title=method + _settings(subset, ("lam", "λ")))
         ax.grid(True, which="both", alpha=0.3)

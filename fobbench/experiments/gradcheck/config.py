@@ -13,6 +13,7 @@ from torch import Tensor
 
 from fobbench.errors import FobbenchError
 from fobbench.estimators import EstimatorConfig, get, meta_gradient, names, parse_methods
+from fobbench.estimators.nu_rule import AUTO, MAX_NU
 from fobbench.experiments.runner import Record
 from fobbench.inner import InnerConfig
 from fobbench.meta_optim import OUTER
@@ -21,6 +22,8 @@ from fobbench.problems.quadratic import PARAM, QuadraticTasks, make_quadratic, q
 from fobbench.ranges import parse_range
 from fobbench.results import Measurement
 
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
+"""``--dtype``: the floating type the estimators run in (the truth is always float64)."""
 EXPERIMENTS = ("error_vs_k", "outer_loss", "error_vs_nu", "lambda", "rates")
 DEFAULT_EXPERIMENTS = ("error_vs_k",)
 OUTER_LR_FACTOR = 0.25
@@ -67,7 +70,9 @@ class GradcheckConfig:
         methods: estimators (default: all registered).
         ks: inner steps K of ``error_vs_k`` (default 1, 2, 5, 10, 20, 50, 100).
         nu: ν of FO-B-MAML in ``error_vs_k`` and ``outer_loss`` (default 0.01: App. A's rule
-            for K ≥ 50).
+            for K ≥ 50), or ``auto`` (:mod:`fobbench.estimators.nu_rule`; each row records the
+            ν chosen as ``nu_used``, and ``error_vs_nu`` adds an ``auto`` point per K beside
+            the grid, so the rule is compared with every fixed ν).
         lam: λ (default 2.0, the paper's value).
         nu_grid: ν values of ``error_vs_nu`` and of the δ-rate fit (default 1e-5..1, 11 points).
         nu_ks: K values of ``error_vs_nu`` and of the δ-rate fit (default 5, 10, 20, 50, 100).
@@ -88,12 +93,14 @@ class GradcheckConfig:
         distinct_test: test quadratic ≠ train quadratic (default False, as in the paper).
         seeds: problem/noise seeds; several seeds give repeats (default 0).
         batching: ``vmap`` (default) or ``loop`` over tasks.
+        dtype: ``float64`` (default) or ``float32``: θ and the task data are cast to it for the
+            estimators; the closed-form truth stays float64 (hashed when not float64).
     """
 
     experiments: tuple[str, ...] = DEFAULT_EXPERIMENTS
     methods: tuple[str, ...] = field(default_factory=lambda: tuple(names()))
     ks: tuple[int, ...] = (1, 2, 5, 10, 20, 50, 100)
-    nu: float = 0.01
+    nu: float | str = 0.01
     lam: float = 2.0
     nu_grid: tuple[float, ...] = field(default_factory=lambda: _log_grid(1e-5, 1.0, 11))
     nu_ks: tuple[int, ...] = (5, 10, 20, 50, 100)
@@ -114,6 +121,7 @@ class GradcheckConfig:
     distinct_test: bool = False
     seeds: tuple[int, ...] = (0,)
     batching: str = "vmap"
+    dtype: str = "float64"
 
     def __post_init__(self) -> None:
         for name in self.experiments:
@@ -144,6 +152,8 @@ class GradcheckConfig:
             raise FobbenchError(f"--meta-lr must be > 0 (got {self.meta_lr})")
         if any(s < 0 for s in self.seeds) or not self.seeds:
             raise FobbenchError(f"--seeds: seeds must be integers >= 0 (got {list(self.seeds)})")
+        if self.dtype not in DTYPES:
+            raise FobbenchError(f"--dtype: unknown '{self.dtype}' (choose from {', '.join(DTYPES)})")
         if self.batching not in ("vmap", "loop"):
             raise FobbenchError(f"--batching: unknown '{self.batching}' (choose from vmap, loop)")
         # B-MAML's closed forms (the ground truth) need λ > 0; the inner solver itself allows 0.
@@ -157,6 +167,12 @@ class GradcheckConfig:
         if needs_nu and not _nu_methods(self):
             raise FobbenchError(f"error_vs_nu and rates need a method that uses nu in --methods "
                                 f"({', '.join(names(uses_nu=True))})")
+
+    @property
+    def nu_bound(self) -> float:
+        """The largest |ν| ``error_vs_k`` and ``outer_loss`` may run at (for the safe step size):
+        ``nu``, or :data:`~fobbench.estimators.nu_rule.MAX_NU` under ``auto``."""
+        return MAX_NU if self.nu == AUTO else abs(float(self.nu))
 
     def fit_nus(self, method: str) -> tuple[float, ...]:
         """ν values of ``method``'s ν-rate fit: ``rate_nus`` if given, else its registered span."""
@@ -192,23 +208,38 @@ class Context:
         self.config = config
         self.seed = seed
         self.problem = config.problem(seed)
-        self._memo: dict[tuple, tuple[float, float]] = {}
+        self._memo: dict[tuple, tuple[float, float, float | None]] = {}
 
     def settings(self) -> dict[str, object]:
         """Settings hashed into every point (problem, ES, batching)."""
         c = self.config
+        extra = {} if c.dtype == "float64" else {"dtype": c.dtype}  # float64 hashes as before
         return {**self.problem.settings, "es_samples": c.es_samples, "es_sigma": c.es_sigma,
-                "batching": c.batching, "inner_lr_override": c.inner_lr}
+                "batching": c.batching, "inner_lr_override": c.inner_lr, **extra}
 
     def estimate(self, method: str, config: EstimatorConfig, theta: Tensor | None = None) -> Params:
         """The estimator's meta-gradient at θ (θ₀ by default), tasks batched as configured."""
+        return self.estimate_with_nu(method, config, theta)[0]
+
+    def estimate_with_nu(self, method: str, config: EstimatorConfig, theta: Tensor | None = None
+                         ) -> tuple[Params, float | None]:
+        """(meta-gradient, the ν it ran with) at θ (θ₀ by default), in ``--dtype``."""
+        dtype = DTYPES[self.config.dtype]
         generator = torch.Generator().manual_seed(self.seed)
-        return meta_gradient(method, self.problem.params(theta), quadratic_loss, self.problem.support,
-                             self.problem.query, config, batching=self.config.batching,
-                             generator=generator).grad
+        cast = lambda data: tuple(t.to(dtype) if t.is_floating_point() else t for t in data)  # noqa: E731
+        params = {n: p.to(dtype) for n, p in self.problem.params(theta).items()}
+        result = meta_gradient(method, params, quadratic_loss, cast(self.problem.support),
+                               cast(self.problem.query), config, batching=self.config.batching,
+                               generator=generator)
+        return {n: g.to(torch.float64) for n, g in result.grad.items()}, result.nu
 
     def error(self, method: str, config: EstimatorConfig) -> tuple[float, float]:
         """(‖g − ∇F‖/‖∇F‖, seconds) at θ₀, memoised on the estimator settings."""
+        error, seconds, _ = self.error_and_nu(method, config)
+        return error, seconds
+
+    def error_and_nu(self, method: str, config: EstimatorConfig) -> tuple[float, float, float | None]:
+        """(‖g − ∇F‖/‖∇F‖, seconds, ν used or None) at θ₀, memoised on the estimator settings."""
         if get(method).is_exact:
             # The exact estimator solves the inner problem to machine precision: K is unused.
             config = replace(config, inner=replace(config.inner, steps=1))
@@ -216,9 +247,9 @@ class Context:
         if key not in self._memo:
             truth = self.problem.meta_gradient(self.problem.theta0, config.inner.lam)
             start = time.perf_counter()
-            grad = self.estimate(method, config)[PARAM]
+            grad, nu = self.estimate_with_nu(method, config)
             seconds = time.perf_counter() - start
-            self._memo[key] = (float((grad - truth).norm() / truth.norm()), seconds)
+            self._memo[key] = (float((grad[PARAM] - truth).norm() / truth.norm()), seconds, nu)
         return self._memo[key]
 
 
@@ -240,6 +271,11 @@ def _seconds(value: float) -> Measurement:
 
 
 
+def _nu_used(value: float | None) -> list[Measurement]:
+    """The ``nu_used`` measurement of an ``auto`` row (none for methods without ν)."""
+    return [] if value is None else [Measurement("nu_used", value, "1", "auto_rule")]
+
+
 def _nu_methods(config: GradcheckConfig) -> list[str]:
     return [m for m in config.methods if get(m).uses_nu]
 
@@ -247,4 +283,5 @@ def _nu_methods(config: GradcheckConfig) -> list[str]:
 def _nu_lr(ctx: Context) -> float:
     """One step size for the whole ν grid: safe at its largest ν."""
     c = ctx.config
-    return c.inner_lr or ctx.problem.safe_lr(c.lam, max(c.nu_grid))
+    largest = max(*c.nu_grid, MAX_NU) if c.nu == AUTO else max(c.nu_grid)  # auto's choice is ≤ MAX_NU
+    return c.inner_lr or ctx.problem.safe_lr(c.lam, largest)

@@ -20,6 +20,7 @@ remain); with none left, the rows carry the status and the measured residuals, n
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import time
@@ -32,7 +33,8 @@ from torch import Tensor
 from fobbench import plugins
 from fobbench.errors import FobbenchError
 from fobbench.estimators import EstimatorConfig, get, meta_gradient, names, parse_methods
-from fobbench.experiments.gradcheck.config import rate_grid
+from fobbench.estimators.nu_rule import AUTO
+from fobbench.experiments.gradcheck.config import DTYPES, rate_grid
 from fobbench.experiments.runner import Output, Record, Sink, Tick
 from fobbench.inner import InnerConfig, solve
 from fobbench.params import Data, flatten, unflatten
@@ -62,7 +64,9 @@ class NetworkConfig:
             the Newton solve even with tanh).
         methods: estimators (default: every trainable one).
         ks: inner steps K of the K sweep (default 1, 2, 5, 10, 20, 50, 100).
-        nu: ν of the K sweep (default 0.01).
+        nu: ν of the K sweep (default 0.01), or ``auto`` (:mod:`fobbench.estimators.nu_rule`): its
+            rows record the ν chosen as ``nu_used``, and the methods that use ν also run the K
+            sweep at every ν of ``nu_grid``, so the rule is compared with each fixed ν.
         nu_grid: ν of the ν sweep (default 1e-3..1e-1, 9 points).
         lam: λ (default 50: the randomly initialised BatchNorm networks have Hessian eigenvalues
             near −40 at θ, so λ = 2 gives a nonconvex inner problem there).
@@ -71,6 +75,8 @@ class NetworkConfig:
         tol, cg_tol: the truth's inner and linear tolerances (1e-10 each).
         check_tasks: tasks whose truth is recomputed by the second route (default 1).
         dense_max: largest parameter count for the dense second route (default 3000).
+        dtype: ``float64`` (default) or ``float32``: the estimators' floating type (θ, data and
+            model cast to it); the truth stays float64 (hashed when not float64).
     """
 
     problem: str
@@ -79,7 +85,7 @@ class NetworkConfig:
     hidden: int | None = None
     methods: tuple[str, ...] = field(default_factory=lambda: tuple(names(trainable=True)))
     ks: tuple[int, ...] = (1, 2, 5, 10, 20, 50, 100)
-    nu: float = 0.01
+    nu: float | str = 0.01
     nu_grid: tuple[float, ...] = field(default_factory=lambda: rate_grid(1e-3, 1e-1))
     lam: float = 50.0
     tasks: int = 4
@@ -92,9 +98,12 @@ class NetworkConfig:
     cg_tol: float = 1e-10
     check_tasks: int = 1
     dense_max: int = 3000
+    dtype: str = "float64"
 
     def __post_init__(self) -> None:
         parse_methods(",".join(self.methods))
+        if self.dtype not in DTYPES:
+            raise FobbenchError(f"--dtype: unknown '{self.dtype}' (choose from {', '.join(DTYPES)})")
         if self.tasks < 1:
             raise FobbenchError(f"--tasks must be >= 1 (got {self.tasks})")
         if not (self.lam > 0 and math.isfinite(self.lam)):
@@ -112,8 +121,9 @@ class NetworkConfig:
         return {"activation": self.activation, "pool": pool, "hidden": self.hidden}
 
     def settings(self) -> dict[str, object]:
+        extra = {} if self.dtype == "float64" else {"dtype": self.dtype}  # float64 hashes as before
         return {"tasks": self.tasks, "tol": self.tol, "cg_tol": self.cg_tol, "es_samples": self.es_samples,
-                "es_sigma": self.es_sigma, "inner_lr_override": self.inner_lr, **self.options()}
+                "es_sigma": self.es_sigma, "inner_lr_override": self.inner_lr, **self.options(), **extra}
 
 
 def _double(data: Data) -> Data:
@@ -153,6 +163,12 @@ class Setup:
         self.ok = [i for i, t in enumerate(self.truths) if t.status == STATUS_OK]
         self.truth = (torch.stack([self.truths[i].grad for i in self.ok]).mean(0)  # type: ignore[misc]
                       if self.ok else None)
+        self.est_loss, self.est_theta, self.est_cast = self.loss, self.theta, lambda data: data
+        dtype = DTYPES[config.dtype]
+        if dtype != torch.float64:  # the estimators' copy in --dtype; the truth above stays float64
+            self.est_loss = plugins.problem_loss(made, copy.deepcopy(self.model).to(dtype))
+            self.est_theta = {n: p.to(dtype) for n, p in self.theta.items()}
+            self.est_cast = lambda data: tuple(t.to(dtype) if t.is_floating_point() else t for t in data)
         highs = [t.lambda_max for t in self.truths if math.isfinite(t.lambda_max)]
         self.inner_lr = config.inner_lr or (0.8 / max(highs) if highs else 1e-3)
 
@@ -234,28 +250,32 @@ def k_rows(setup: Setup) -> Iterator[Record]:
             phi = solve(setup.theta, setup.loss, fn.support, fn.query, 0.0, inner)
             values.append(float((flatten(phi) - setup.truths[i].phi).norm()))
         deltas[k] = sum(values) / len(values) if values else float("nan")
-    support, query = _task(setup.support, ok), _task(setup.query, ok)
+    support, query = setup.est_cast(_task(setup.support, ok)), setup.est_cast(_task(setup.query, ok))
     for method in config.methods:
-        for variant in _variants(config, method):
-            for k in config.ks:
-                point = {"problem": setup.name, "inner_steps": k, "cg_steps": variant, "nu": config.nu,
-                         "lam": config.lam}
-                rows = setup.residuals()
-                if setup.truth is not None:
-                    estimator = EstimatorConfig(inner=InnerConfig(steps=k, lr=setup.inner_lr, lam=config.lam),
-                                                nu=config.nu, cg_steps=variant or config.cg_steps[-1],
-                                                es_samples=config.es_samples, es_sigma=config.es_sigma)
-                    start = time.perf_counter()
-                    grad = flatten(meta_gradient(method, setup.theta, setup.loss, support, query, estimator,
-                                                 generator=torch.Generator().manual_seed(0)).grad)
-                    seconds = time.perf_counter() - start
-                    rel = float((grad - setup.truth).norm() / setup.truth.norm())
-                    rows = [Measurement("rel_error", rel, "1", "implicit_truth"),
-                            Measurement("cosine", _cosine(grad, setup.truth), "1", "implicit_truth"),
-                            Measurement("delta", deltas[k], "1", "distance_to_phi_star"),
-                            Measurement("seconds", seconds, "s", "wall_clock"), *rows]
-                yield Record(method, point, measurements=rows, output="network_error_vs_k",
-                             info={"status": setup.status(), "tasks_ok": len(ok), "inner_lr": setup.inner_lr})
+        # --nu auto: ν-methods also run at every fixed ν of the grid, for the comparison
+        nus = [config.nu, *config.nu_grid] if config.nu == AUTO and get(method).uses_nu else [config.nu]
+        for variant, nu, k in itertools.product(_variants(config, method), nus, config.ks):
+            point = {"problem": setup.name, "inner_steps": k, "cg_steps": variant, "nu": nu,
+                     "lam": config.lam}
+            rows = setup.residuals()
+            if setup.truth is not None:
+                estimator = EstimatorConfig(inner=InnerConfig(steps=k, lr=setup.inner_lr, lam=config.lam),
+                                            nu=nu, cg_steps=variant or config.cg_steps[-1],
+                                            es_samples=config.es_samples, es_sigma=config.es_sigma)
+                start = time.perf_counter()
+                result = meta_gradient(method, setup.est_theta, setup.est_loss, support, query, estimator,
+                                       generator=torch.Generator().manual_seed(0))
+                grad = flatten(result.grad).double()
+                seconds = time.perf_counter() - start
+                rel = float((grad - setup.truth).norm() / setup.truth.norm())
+                used = ([Measurement("nu_used", result.nu, "1", "auto_rule")]
+                        if nu == AUTO and result.nu is not None else [])
+                rows = [Measurement("rel_error", rel, "1", "implicit_truth"),
+                        Measurement("cosine", _cosine(grad, setup.truth), "1", "implicit_truth"),
+                        Measurement("delta", deltas[k], "1", "distance_to_phi_star"),
+                        Measurement("seconds", seconds, "s", "wall_clock"), *used, *rows]
+            yield Record(method, point, measurements=rows, output="network_error_vs_k",
+                         info={"status": setup.status(), "tasks_ok": len(ok), "inner_lr": setup.inner_lr})
 
 
 def nu_rows(setup: Setup) -> Iterator[Record]:
@@ -309,7 +329,8 @@ class NetworkRun:
 
     def total(self) -> int:
         c = self.config
-        ks = sum(len(_variants(c, m)) for m in c.methods) * len(c.ks)
+        ks = sum(len(_variants(c, m)) * (1 + len(c.nu_grid) * (c.nu == AUTO and get(m).uses_nu))
+                 for m in c.methods) * len(c.ks)
         return len(c.seeds) * (c.tasks + ks + _nu_count(c))
 
     def records(self, sink: Sink) -> Iterator[Record | Tick]:

@@ -28,6 +28,41 @@ def error_table(frame: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+AUTO_SOURCES = {"gradcheck.error_vs_nu": "quadratic", "gradcheck.network_error_vs_k": "network"}
+"""The sweeps whose ``auto`` rows sit beside a grid of fixed ν (``--nu auto``)."""
+
+
+def auto_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """``--nu auto`` against the best fixed ν of the grid, per sweep, method and K.
+
+    Columns: ν auto (``nu_used``), err auto, ν best (the grid ν with the least error), err best,
+    and ratio = auto error / best error (the issue's criterion: ≤ 2). Errors are means over
+    seeds. Empty when the frame holds no ``auto`` rows.
+    """
+    rows = frame[frame["benchmark"].isin(AUTO_SOURCES) & frame["metric"].isin(("rel_error", "nu_used"))]
+    if rows.empty or not (rows["nu"].astype(str) == "auto").any():
+        return pd.DataFrame()
+    rows = rows.assign(auto=rows["nu"].astype(str) == "auto")
+    keys = ["benchmark", "method", "inner_steps"]
+    out = []
+    for key, group in rows.groupby(keys, sort=False):
+        auto = group[group["auto"]]
+        fixed = group[~group["auto"] & (group["metric"] == "rel_error")]
+        if auto.empty or fixed.empty:
+            continue
+        by_nu = fixed.assign(nu=pd.to_numeric(fixed["nu"])).groupby("nu")["value"].mean()
+        error = float(auto.loc[auto["metric"] == "rel_error", "value"].mean())
+        used = float(auto.loc[auto["metric"] == "nu_used", "value"].mean())
+        out.append({"sweep": AUTO_SOURCES[key[0]], "method": key[1], "K": int(key[2]), "ν auto": used,
+                    "err auto": error, "ν best": float(by_nu.idxmin()), "err best": float(by_nu.min()),
+                    "ratio": error / float(by_nu.min())})
+    if not out:
+        return pd.DataFrame()
+    table = pd.DataFrame(out)
+    table["rank"] = [rank_of(m) for m in table["method"]]
+    return table.sort_values(["sweep", "rank", "K"]).drop(columns="rank").reset_index(drop=True)
+
+
 def _order(label: str) -> str:
     """The registry order of a table label's method (``""`` for an unknown name)."""
     name = label.split(" ")[0]

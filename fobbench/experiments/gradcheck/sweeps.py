@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import torch
 
 from fobbench.estimators import meta_gradient
+from fobbench.estimators.nu_rule import AUTO
 from fobbench.experiments.gradcheck.config import (
     OUTER_LR_FACTOR,
     Context,
@@ -15,6 +16,7 @@ from fobbench.experiments.gradcheck.config import (
     GradcheckConfig,
     _nu_lr,
     _nu_methods,
+    _nu_used,
     _rel,
     _row,
     _seconds,
@@ -32,8 +34,8 @@ def _error_vs_k_count(config: GradcheckConfig) -> int:
 
 def _error_vs_k(ctx: Context, done: Done) -> Iterator[Record]:
     c, problem = ctx.config, ctx.problem
-    lr = c.inner_lr or problem.safe_lr(c.lam, c.nu)
-    rho = problem.contraction(c.lam, lr, (0.0, c.nu, -c.nu))
+    lr = c.inner_lr or problem.safe_lr(c.lam, c.nu_bound)
+    rho = problem.contraction(c.lam, lr, (0.0, c.nu_bound, -c.nu_bound))
     for k in c.ks:
         for method in c.methods:
             for cg in _variants(c, method):
@@ -41,8 +43,9 @@ def _error_vs_k(ctx: Context, done: Done) -> Iterator[Record]:
                 if done(method, point):
                     yield _row(method, point, [])
                     continue
-                error, seconds = ctx.error(method, c.estimator_config(k, lr, c.lam, cg_steps=cg))
-                yield _row(method, point, [_rel(error), _seconds(seconds)],
+                error, seconds, nu = ctx.error_and_nu(method, c.estimator_config(k, lr, c.lam, cg_steps=cg))
+                used = _nu_used(nu) if c.nu == AUTO else []
+                yield _row(method, point, [_rel(error), _seconds(seconds), *used],
                           {"inner_lr": lr, "contraction": rho})
 
 
@@ -52,7 +55,7 @@ def _outer_loss_count(config: GradcheckConfig) -> int:
 
 def _outer_loss(ctx: Context, done: Done) -> Iterator[Record]:
     c, problem = ctx.config, ctx.problem
-    lr = c.inner_lr or problem.safe_lr(c.lam, c.nu)
+    lr = c.inner_lr or problem.safe_lr(c.lam, c.nu_bound)
     _, f_star = problem.optimum(c.lam)
     outer_lr = c.meta_lr or OUTER_LR_FACTOR / problem.outer_smoothness(c.lam)
     info = {"inner_lr": lr, "outer": c.outer, "meta_lr": outer_lr, "f_star": f_star}
@@ -82,8 +85,13 @@ def _outer_loss(ctx: Context, done: Done) -> Iterator[Record]:
                 yield _row(method, point, [] if done(method, point) else measurements, info)
 
 
+def _nu_points(config: GradcheckConfig) -> list[float | str]:
+    """The ν values of ``error_vs_nu``: the grid, then ``auto`` under ``--nu auto``."""
+    return [*config.nu_grid, *([AUTO] if config.nu == AUTO else [])]
+
+
 def _error_vs_nu_count(config: GradcheckConfig) -> int:
-    return len(config.nu_ks) * len(config.nu_grid) * len(_nu_methods(config))
+    return len(config.nu_ks) * len(_nu_points(config)) * len(_nu_methods(config))
 
 
 def _error_vs_nu(ctx: Context, done: Done) -> Iterator[Record]:
@@ -91,16 +99,17 @@ def _error_vs_nu(ctx: Context, done: Done) -> Iterator[Record]:
     lr = _nu_lr(ctx)
     for k in c.nu_ks:
         delta = problem.inner_precision(c.lam, lr, k)
-        for nu in c.nu_grid:
-            rho = problem.contraction(c.lam, lr, (0.0, nu, -nu))
+        for nu in _nu_points(c):
             for method in _nu_methods(c):
                 point = {"inner_steps": k, "nu": nu, "lam": c.lam}
                 if done(method, point):
                     yield _row(method, point, [])
                     continue
-                error, seconds = ctx.error(method, c.estimator_config(k, lr, c.lam, nu=nu))
+                error, seconds, used = ctx.error_and_nu(method, c.estimator_config(k, lr, c.lam, nu=nu))
+                rho = problem.contraction(c.lam, lr, (0.0, used, -used))
                 yield _row(method, point,
-                          [_rel(error), Measurement("delta", delta, "1", "closed_form"), _seconds(seconds)],
+                          [_rel(error), Measurement("delta", delta, "1", "closed_form"), _seconds(seconds),
+                           *(_nu_used(used) if nu == AUTO else [])],
                           {"inner_lr": lr, "contraction": rho})
 
 
