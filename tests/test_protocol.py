@@ -85,7 +85,11 @@ def test_richardson_with_nu_auto_runs_at_the_reported_nu(batching: str) -> None:
                          EstimatorConfig(inner=InnerConfig(steps=4, lr=0.1), nu="auto"), batching=batching)
     fixed = meta_gradient("fobmaml-richardson", theta, loss, data, data,
                           EstimatorConfig(inner=InnerConfig(steps=4, lr=0.1), nu=auto.nu), batching=batching)
-    assert auto.nu == pytest.approx(1.35e-3, rel=0.02)
+    g = a @ theta["x"] + b
+    curvature = float((a @ g).norm() / g.norm())  # the secant of f̂ along one GD step, by hand
+    flatten = (curvature / (2.0 + curvature)) ** 4  # a = (L̂/(λ + L̂))^p, λ = 2, p = 4
+    expected = min(0.25, (torch.finfo(torch.float64).eps / (4 * flatten)) ** (1 / 5))
+    assert auto.nu == pytest.approx(expected, rel=1e-9)
     torch.testing.assert_close(auto.grad["x"], fixed.grad["x"], rtol=0, atol=0)
 
 
@@ -143,13 +147,18 @@ def test_gradcheck_nu_auto_is_within_2x_of_the_best_grid_nu(dtype: str, tmp_path
     assert forward[5] == forward[20] == 0.5 and 0.01 < forward[100] < 0.05  # ν follows ε: large at small K
 
 
-def test_forward_nu_auto_is_three_times_the_measured_solve_error() -> None:
-    """At λ = 2 (a = 1/3) the forward estimator's ν is ε/a = 3ε, ε the unperturbed K-step GD
-    solve's relative residual computed here independently, by hand, for one quadratic task;
-    the symmetric estimator's ν does not depend on K (it has no unperturbed solve)."""
+def test_forward_nu_auto_follows_the_measured_solve_error_and_curvature() -> None:
+    """The forward estimator's ν is max(ν_round, 3ε/a) with a = L̂/(λ + L̂), ε the unperturbed
+    K-step GD solve's relative residual and L̂ the secant curvature of f̂ along one GD step, both
+    computed here independently, by hand, for one quadratic task; the symmetric estimator's ν
+    does not depend on K (it has no unperturbed solve)."""
     loss, theta, a, b = quadratic(4)
     data = (a[None], b[None])
     lam, lr = 2.0, 0.05
+    g = a @ theta["x"] + b
+    curvature = float((a @ g).norm() / g.norm())
+    flatten = curvature / (lam + curvature)
+    eps64 = torch.finfo(torch.float64).eps
     for k in (40, 80):
         delta = torch.zeros(4, dtype=torch.float64)
         for _ in range(k):
@@ -157,11 +166,13 @@ def test_forward_nu_auto_is_three_times_the_measured_solve_error() -> None:
         residual = a @ (theta["x"] + delta) + b + lam * delta
         eps = float(residual.norm() / (lam * delta.norm()))
         config = EstimatorConfig(inner=InnerConfig(steps=k, lr=lr, lam=lam), nu="auto")
+        expected = min(0.5, max(3 * eps / flatten, (eps64 / flatten) ** 0.5))
+        assert expected > 1e-6  # the solve-error term decides, not rounding
         for batching in ("vmap", "loop"):
             got = meta_gradient("fobmaml-forward", theta, loss, data, data, config, batching=batching).nu
-            assert got == pytest.approx(min(0.5, max(3 * eps, 2.6e-8)), rel=1e-6)
+            assert got == pytest.approx(expected, rel=1e-6)
         sym = meta_gradient("fobmaml-sym", theta, loss, data, data, config).nu
-        assert sym == pytest.approx(1.0e-5, rel=0.02)
+        assert sym == pytest.approx((eps64 / (2 * flatten**2)) ** (1 / 3), rel=1e-9)
 
 
 def test_gradcheck_cli_nu_auto_records_nu_used_and_refuses_a_bad_dtype(cli, tmp_path) -> None:

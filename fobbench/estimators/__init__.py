@@ -41,7 +41,7 @@ from fobbench.estimators.base import (
     rank_of,
     register,
 )
-from fobbench.estimators.nu_rule import AUTO, solve_error
+from fobbench.estimators.nu_rule import AUTO, measure
 from fobbench.params import Data, LossFn, Params, detached, zeros_like
 
 BATCHING = ("vmap", "loop")
@@ -118,18 +118,19 @@ def resolve_nu(method: str, theta: Params, loss: LossFn, support: Data, query: D
     """``config`` with ``--nu auto`` replaced by this batch's ν (unchanged otherwise).
 
     One ν per call (per outer step): the rule of :mod:`fobbench.estimators.nu_rule` from θ's
-    dtype, λ, the stencil and, for a method that solves the unperturbed problem (forward),
-    the batch's measured solve error ε (:func:`~fobbench.estimators.nu_rule.solve_error`, one
-    extra unperturbed solve per task). ``support``/``query`` hold the whole batch, so every
-    part of a split batch (one rank's slice) gets the same ν.
+    dtype, λ, the stencil, the batch's measured curvature L̂ of f̂ (two train-loss gradients
+    per task) and, for a method that solves the unperturbed problem (forward), its measured
+    solve error ε (one extra unperturbed solve per task; :func:`~fobbench.estimators.nu_rule.measure`).
+    ``support``/``query`` hold the whole batch, so every part of a split batch (one rank's
+    slice) gets the same ν.
     """
     estimator = get(method)
     if config.nu != AUTO or not estimator.uses_nu:
         return config
     dtype = next(iter(theta.values())).dtype
-    error = (solve_error(theta, loss, support, query, config.inner, batching, chunk_size)
-             if estimator.solves_unperturbed else 0.0)
-    return replace(config, nu=estimator.nu(config, dtype, error))
+    curvature, error = measure(theta, loss, support, query, config.inner, estimator.solves_unperturbed,
+                               batching, chunk_size)
+    return replace(config, nu=estimator.nu(config, dtype, error, curvature))
 
 
 def per_task(method: str, theta: Params, loss: LossFn, support: Data, query: Data,

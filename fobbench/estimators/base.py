@@ -10,7 +10,7 @@ from typing import NamedTuple
 import torch
 
 from fobbench.errors import FobbenchError
-from fobbench.estimators.nu_rule import AUTO, auto_nu
+from fobbench.estimators.nu_rule import AUTO, CURVATURE, auto_nu
 from fobbench.inner import InnerConfig
 from fobbench.params import Data, LossFn, Params
 
@@ -202,18 +202,20 @@ class Estimator:
         forward estimator): ``--nu auto`` then measures that solve's error (the rule's ε)."""
         return self.stencil is not None and any(m == 0.0 for m, _ in self.stencil)
 
-    def nu(self, config: EstimatorConfig, dtype: torch.dtype, solve_error: float = 0.0) -> float | None:
+    def nu(self, config: EstimatorConfig, dtype: torch.dtype, solve_error: float = 0.0,
+           curvature: float = CURVATURE) -> float | None:
         """The ν this method runs with for θ of ``dtype``: ``config.nu``, or the ``auto`` rule
         (:func:`fobbench.estimators.nu_rule.auto_nu`, from the registered bias order
-        ``theory_nu``, the stencil's reach and the measured inner-solve error ``solve_error``,
-        0 when not measured); None for methods without ν."""
+        ``theory_nu``, the stencil's reach and the batch's measured inner-solve error and
+        curvature, :func:`fobbench.estimators.nu_rule.measure`; without them: ε = 0 and
+        L̂ = :data:`~fobbench.estimators.nu_rule.CURVATURE`); None for methods without ν."""
         if not self.uses_nu:
             return None
         if config.nu == AUTO:
             if self.theory_nu is None:
                 raise FobbenchError(f"--nu auto: {self.name} declares no bias order in ν (theory_nu)")
             reach = max(abs(m) for m, _ in self.stencil) if self.stencil else 1.0
-            return auto_nu(dtype, self.theory_nu, config.inner.lam, reach, solve_error)
+            return auto_nu(dtype, self.theory_nu, config.inner.lam, reach, solve_error, curvature)
         return float(config.nu)
 
     def accumulate(self, theta: Params, loss: LossFn, support: Data, query: Data,
