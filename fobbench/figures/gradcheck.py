@@ -40,6 +40,14 @@ def _blank(value: object) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
+def _number(value: object) -> str:
+    """``0.001`` for a number (also one read back as text), the text itself otherwise (ν = auto)."""
+    try:
+        return format(float(value), "g")  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return str(value)
+
+
 def _lines(frame: pd.DataFrame, split: Sequence[str] = SPLIT) -> Iterator[tuple[str, pd.DataFrame]]:
     """Series by method/measured_by/device, further split by the ``split`` columns that vary."""
     for label, group in series(frame):
@@ -56,7 +64,7 @@ def _lines(frame: pd.DataFrame, split: Sequence[str] = SPLIT) -> Iterator[tuple[
                 if _blank(value):
                     continue
                 symbol = {"cg_steps": "cg ", "lam": "λ=", "nu": "ν="}[key]
-                text = str(value) if isinstance(value, str) else format(value, "g")  # ν may be "auto"
+                text = _number(value)
                 extra.append(f"{symbol}{int(value) if key == 'cg_steps' else text}")
             yield (f"{label} ({', '.join(extra)})" if extra else label), sub
 

@@ -141,6 +141,9 @@ def network_tables(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
         if rows.empty:
             continue
         rows = rows.copy()
+        auto = rows["nu"].astype(str) == "auto"
+        if name == "network_error_vs_k" and auto.any():  # the grid ν rows are for auto_table
+            rows, title = rows[auto], title + " (ν = auto)"
         cg = rows["cg_steps"] if "cg_steps" in rows.columns else [None] * len(rows)
         rows["estimator"] = [method_label(m, c) for m, c in zip(rows["method"], cg, strict=False)]
         errors = rows[rows["metric"] == "rel_error"]
