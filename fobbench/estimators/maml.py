@@ -4,7 +4,7 @@ Three computations of the same meta-gradient:
 
 - per task under torch.func (vmap batching), ``gd`` inner steps (the default): the adjoint
   recursion of the unrolled steps (:func:`adjoint`), each step's Hessian-vector product a
-  ``torch.func.vjp`` of ∇f̂ kept from the forward sweep; composable with ``vmap``, and ~15%
+  ``torch.func.vjp`` of ∇f̂ kept from the forward sweep; composable with ``vmap``, and 10–17%
   faster there than ``torch.func.grad`` through the solver (measured side by side, issue 14);
 - per task under torch.func, other inner optimizers (momentum, adam): ``torch.func.grad`` of
   the query loss through the pure solver;
