@@ -134,8 +134,8 @@ def _show(path: Path) -> None:
               f"early: the same at the evaluation nearest iteration {figures.SUMMARY_ITERATION}; ms/it: time "
               "per meta-iteration without evaluation; ×floor: ms/it ÷ the plain fwd+bwd passes the method "
               "must do "
-              "(each estimator's registered floor, e.g. 2K of support+query for FO-B-MAML-sym, K support + 1 "
-              "query for MAML); wall: seconds of the run's wall time with evaluations.")
+              "(each estimator's registered floor, e.g. 2K − 1 of support+query for FO-B-MAML-sym, "
+              "K support + 1 query for MAML); wall: seconds of the run's wall time with evaluations.")
 
 
 def _check_task_shape(p: Mapping[str, Any]) -> None:

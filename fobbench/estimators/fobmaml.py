@@ -4,7 +4,10 @@ The solutions are taken as displacements Δ_v = φ_v − θ (:func:`~fobbench.in
 so −λ(φ_ν − φ_−ν)/(2ν) = −λ(Δ_ν − Δ_−ν)/(2ν) is formed from numbers stored to Δ's own
 precision: in float32 the rounding floor is ~eps·‖Δ‖/ν instead of ~eps·‖θ‖/ν.
 
-The two inner problems are solved one after the other. Summed over tasks (``loop``
+The two inner problems are solved one after the other; both start at θ, so their first
+steps share ∇f̂(θ) and ∇f(θ), computed once (the registered floor counts 2K − 1 passes of
+f̂ + f for the symmetric difference; the in-place ``loop`` path, which holds one gradient
+at a time, evaluates them per solve: 2K). Summed over tasks (``loop``
 batching) each solution is added into the meta-gradient buffer as soon as it is solved,
 so only one solution is ever held; the per-task form keeps both and subtracts them.
 """
@@ -12,7 +15,7 @@ so only one solution is ever held; the per-task form keeps both and subtracts th
 from __future__ import annotations
 
 from fobbench.estimators.base import EstimatorConfig, FloorPasses, accumulates, nu_of, register
-from fobbench.inner import solve_displacement
+from fobbench.inner import first_gradients, solve_displacement
 from fobbench.params import Data, LossFn, Params
 
 
@@ -25,10 +28,18 @@ def fold(total: Params, delta: Params, scale: float) -> None:
 def _difference(theta: Params, loss: LossFn, support: Data, query: Data, config: EstimatorConfig,
                 high: float, low: float) -> Params:
     """−λ(φ_high − φ_low)/(high − low) = −λ(Δ_high − Δ_low)/(high − low): the finite
-    difference of two perturbed solutions."""
+    difference of two perturbed solutions.
+
+    Both solves start at θ, so outside the in-place path their first steps share ∇f̂(θ) and
+    ∇f(θ) (:func:`~fobbench.inner.first_gradients`): one gradient evaluation fewer per solve
+    pair, same iterates.
+    """
     scale = -config.inner.lam / (high - low)
-    delta_high = solve_displacement(theta, loss, support, query, high, config.inner, in_place=config.in_place)
-    delta_low = solve_displacement(theta, loss, support, query, low, config.inner, in_place=config.in_place)
+    first = None if config.in_place else first_gradients(theta, loss, support, query)
+    delta_high = solve_displacement(theta, loss, support, query, high, config.inner, in_place=config.in_place,
+                                    first=first)
+    delta_low = solve_displacement(theta, loss, support, query, low, config.inner, in_place=config.in_place,
+                                   first=first)
     return {n: scale * (delta_high[n] - delta_low[n]) for n in theta}
 
 
@@ -44,7 +55,7 @@ def _difference_into(theta: Params, loss: LossFn, support: Data, query: Data, co
 
 @register("fobmaml-forward", "−λ(φ_ν − φ_0)/ν, eq. (12)", order="first", rank=60,
           hyperparameters=("nu",), theory_nu=1.0, theory_delta=0.5, stencil=((1.0, 1.0), (0.0, -1.0)),
-          floor=lambda c: FloorPasses(both=c.inner.steps, support=c.inner.steps, query=0))
+          floor=lambda c: FloorPasses(both=c.inner.steps, support=c.inner.steps - 1, query=0))
 def fobmaml_forward(theta: Params, loss: LossFn, support: Data, query: Data,
                     config: EstimatorConfig, noise: Params | None = None) -> Params:
     """Forward difference: bias O(λν) with an exact solve (Prop. 2)."""
@@ -61,7 +72,7 @@ def fobmaml_forward_into(theta: Params, loss: LossFn, support: Data, query: Data
 @register("fobmaml-sym", "−λ(φ_ν − φ_−ν)/(2ν), eq. (13)", order="first", rank=70,
           hyperparameters=("nu",), theory_nu=2.0, theory_delta=2.0 / 3.0,
           stencil=((1.0, 0.5), (-1.0, -0.5)),
-          floor=lambda c: FloorPasses(both=2 * c.inner.steps, support=0, query=0))
+          floor=lambda c: FloorPasses(both=2 * c.inner.steps - 1, support=0, query=0))
 def fobmaml_sym(theta: Params, loss: LossFn, support: Data, query: Data,
                 config: EstimatorConfig, noise: Params | None = None) -> Params:
     """Symmetric difference: bias O(λν²) with an exact solve (Prop. 2)."""

@@ -1,7 +1,7 @@
 """The speed floor of a method: its unavoidable gradient passes, timed the fastest standard way.
 
 A method's registration declares the plain forward+backward passes it cannot avoid per task
-(:class:`~fobbench.estimators.FloorPasses`: e.g. 2K passes of f̂ + f for FO-B-MAML-sym, K
+(:class:`~fobbench.estimators.FloorPasses`: e.g. 2K − 1 passes of f̂ + f for FO-B-MAML-sym, K
 support passes and one query pass for MAML). The *honest floor* times each kind of pass as
 ordinary training on the same examples would: one ``nn.Module`` forward and one
 ``loss.backward()`` over the examples of all tasks of the meta-batch concatenated into one
