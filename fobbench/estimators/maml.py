@@ -45,8 +45,7 @@ def unrolled_autograd(theta: Params, loss: LossFn, support: Data, query: Data,
             for n, g in zip(names, outer, strict=True)}
 
 
-@register("maml", "backprop through the K unrolled inner steps", order="second", rank=10,
-          proximal=False)
+@register("maml")
 def maml(theta: Params, loss: LossFn, support: Data, query: Data, config: EstimatorConfig,
          noise: Params | None = None) -> Params:
     """∇_θ f(φ_K(θ)) with φ_K the inner solver's output, differentiated exactly."""
