@@ -79,7 +79,7 @@ BAD_INPUTS = [  # (arguments, text the one-line message must hold: the option it
     (("gradcheck", "--problem", "mnist1d", "--methods", "exact"), "exact is gradcheck-only"),
     (("train", "mnist1d", "--methods", "exact"), "exact is gradcheck-only"),
     (("train", "mnist1d", "--methods", "nosuch"), "--methods"),
-    (("train", "mnist1d", "--nu", "abc"), "--nu (ν)"),
+    (("train", "mnist1d", "--nu", "abc"), "--nu must be a non-zero number or 'auto'"),
     (("train", "mnist1d", "--lam", "-1"), "--lam (λ)"),
     (("train", "mnist1d", "--outer", "nosuch"), "--outer"),
     (("train", "mnist1d", "--inner-protocol", "nosuch"), "--inner-protocol"),

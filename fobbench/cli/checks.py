@@ -65,17 +65,17 @@ def threads(value: object) -> None:
 
 
 def nu_value(value: object, option: str = "--nu", allow_auto: bool = True) -> float | str:
-    """A ν: a non-zero finite number (or ``auto`` where the command takes it)."""
+    """A ν: a non-zero finite number (or ``auto`` where the command takes it); the messages are
+    those of :func:`fobbench.cli.options.parse_nu` and ``EstimatorConfig``."""
     text = str(value).strip()
     if allow_auto and text.lower() == methods.AUTO:
         return methods.AUTO
     try:
         nu = float(text)
     except ValueError:
-        hint = " or 'auto'" if allow_auto else ""
-        raise FobbenchError(f"{option} (ν) must be a non-zero number{hint} (got '{value}')") from None
+        raise FobbenchError(f"{option} must be a non-zero number or 'auto' (got '{value}')") from None
     if not math.isfinite(nu) or nu == 0:
-        raise FobbenchError(f"{option} (ν) must be a non-zero finite number (got {value})")
+        raise FobbenchError(f"{option} (ν) must be a non-zero finite number or 'auto' (got {nu})")
     return nu
 
 
