@@ -47,7 +47,8 @@ def test_help_lists_every_command_without_importing_them() -> None:
 
 
 def _run_light(args: tuple[str, ...]) -> tuple[set[str], subprocess.CompletedProcess[str], float, float]:
-    """``_imported`` plus the CPU seconds the child used (robust to a loaded machine)."""
+    """``_imported`` plus the CPU seconds (user + sys) the child used: unlike wall time, they do
+    not grow when other processes load the machine."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     modules, done, seconds = _imported(*args)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -107,14 +108,15 @@ def test_a_bad_option_value_answers_in_one_line_without_torch(args: tuple[str, .
     suite = tmp_path / "bad.toml"
     suite.write_text('[[run]]\nname = "m"\ncommand = "memory"\n[run.options]\nseq = "32..1"\n')
     args = tuple(str(suite) if a == "SUITE" else a for a in args)
-    modules, done, seconds, cpu = _run_light(args)
+    modules, done, _, cpu = _run_light(args)
     errors = [line for line in done.stderr.splitlines() if not line.startswith("import time:")]
     assert done.returncode == 2, done.stderr[-2000:]
     assert len(errors) == 1 and errors[0].startswith("fobbench: error: ") and names in errors[0], errors
     assert "Traceback" not in done.stderr
     assert not sorted(m for m in modules if m.split(".")[0] in HEAVY)
-    assert cpu < 1.0  # ~0.4 s; importing torch alone takes 2-3 s of CPU
-    assert seconds < 2.0  # ~0.5 s on an idle 2-core machine; slack for a loaded one
+    # CPU seconds of the child: ~0.4 s; importing torch alone takes 2-3 s. Wall time is ~0.5 s on
+    # an idle 2-core machine but reached 2-6 s at load average 10, so it is not asserted.
+    assert cpu < 1.0
 
 
 COMMANDS = [("compare",), ("gradcheck",), ("info",), ("memory",), ("plot",), ("run",), ("speed",),
@@ -123,8 +125,8 @@ COMMANDS = [("compare",), ("gradcheck",), ("info",), ("memory",), ("plot",), ("r
 
 @pytest.mark.parametrize("words", COMMANDS, ids=[" ".join(w) for w in COMMANDS])
 def test_every_command_help_answers_without_torch(words: tuple[str, ...]) -> None:
-    modules, done, seconds, cpu = _run_light((*words, "--help"))
+    modules, done, _, cpu = _run_light((*words, "--help"))
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Usage: fobbench " + " ".join(words) in " ".join(done.stdout.split())
     assert not sorted(m for m in modules if m.split(".")[0] in HEAVY)
-    assert cpu < 1.0 and seconds < 2.0
+    assert cpu < 1.0  # see above
