@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 
 from fobbench.errors import FobbenchError
@@ -115,3 +116,11 @@ def figure_dir(results: Path | str) -> Path:
     path = Path(results).expanduser().absolute()
     name = path.stem if path.suffix == ".csv" else path.name
     return path.parent / f"{name}-figures"
+
+
+def run_stamp() -> str:
+    """``<UTC timestamp>-<short commit>`` (``nogit`` outside a repository): names default outputs."""
+    from fobbench.measure.environment import git_state
+
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return f"{stamp}-{git_state()[0][:7] or 'nogit'}"

@@ -28,7 +28,6 @@ import inspect
 import os
 import sys
 from collections.abc import Callable, Mapping
-from importlib.metadata import EntryPoint, entry_points
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import torch
@@ -36,22 +35,8 @@ from torch import Tensor, nn
 
 from fobbench.errors import FobbenchError
 from fobbench.params import LossFn, classification_loss
+from fobbench.plugin_names import BUILTIN, MODELS, PROBLEMS, names, registered
 from fobbench.problems.base import TaskBatch
-
-PROBLEMS = "fobbench.problems"
-MODELS = "fobbench.models"
-
-BUILTIN: dict[str, dict[str, str]] = {
-    PROBLEMS: {
-        "mnist1d": "fobbench.problems.mnist1d:MNIST1DProblem",
-        "omniglot": "fobbench.problems.omniglot:OmniglotProblem",
-    },
-    MODELS: {
-        "convnet": "fobbench.models.convnet:memory_model",
-        "transformer": "fobbench.models.transformer:memory_model",
-    },
-}
-"""The built-in plugins, as entry points of this package (the same as its pyproject's)."""
 
 
 class PluginError(FobbenchError):
@@ -101,20 +86,6 @@ class MemoryCase(NamedTuple):
 
 MemoryModel = Callable[[int], "MemoryCase | tuple[nn.Module, TaskBatch]"]
 """``factory(size) -> MemoryCase`` (or ``(model, tasks)``): the memory plugin protocol."""
-
-
-def registered(group: str) -> dict[str, EntryPoint]:
-    """Plugins of ``group`` by name: the built-ins, then installed entry points (which do not
-    shadow a built-in name)."""
-    found = {name: EntryPoint(name, value, group) for name, value in BUILTIN[group].items()}
-    for point in entry_points(group=group):
-        found.setdefault(point.name, point)
-    return found
-
-
-def names(group: str) -> list[str]:
-    """Registered plugin names of ``group`` (for ``--help``)."""
-    return list(registered(group))
 
 
 def _option(group: str) -> str:

@@ -11,7 +11,7 @@ from implicit_truth import implicit_truth
 from torch import nn
 
 from fobbench.errors import FobbenchError
-from fobbench.estimators import REGISTRY, EstimatorConfig, meta_gradient, register
+from fobbench.estimators import REGISTRY, EstimatorConfig, meta_gradient, register, unregister
 from fobbench.inner import InnerConfig, safe_sqrt, solve
 from fobbench.models.conv1d import Conv1D
 from fobbench.params import classification_loss, relative_error
@@ -131,7 +131,7 @@ def nan_method():
         return {n: torch.full_like(p, value) for n, p in theta.items()}
 
     yield "nan-test"
-    REGISTRY.pop("nan-test")
+    unregister("nan-test")
 
 
 def test_train_stops_with_one_line_when_the_meta_gradient_turns_non_finite(cli, nan_method, tmp_path: Path,

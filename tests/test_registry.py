@@ -16,6 +16,7 @@ from fobbench.estimators import (
     parse_methods,
     rank_of,
     register,
+    unregister,
 )
 from fobbench.experiments import gradcheck as gradcheck_experiment
 from fobbench.experiments import train as train_experiment
@@ -40,7 +41,7 @@ def dummy() -> Iterator[str]:
     try:
         yield DUMMY
     finally:
-        del REGISTRY[DUMMY]
+        unregister(DUMMY)
 
 
 def test_display_order_comes_from_rank(dummy: str) -> None:

@@ -3,9 +3,10 @@
 Each command lives in its own module and registers itself on :data:`app`; ``main`` turns
 user errors (bad options, bad ranges, bad files) into one line on stderr and exit code 2.
 
-Command modules are imported only when their command runs (:class:`LazyGroup`): torch,
-pandas and matplotlib stay unloaded for ``fobbench --help``, ``--version`` and errors that
-need no command, which therefore answer in a fraction of a second.
+Command modules are imported only when their command runs (:class:`LazyGroup`), and they
+import torch, pandas and matplotlib only inside their functions, after
+:mod:`fobbench.cli.checks` has checked every option value: ``fobbench --help``,
+``--version``, ``fobbench CMD --help`` and bad input answer in a fraction of a second.
 """
 
 from __future__ import annotations

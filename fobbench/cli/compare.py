@@ -7,36 +7,49 @@ Only argument parsing and printing live here; the decisions are made by the pure
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.markup import escape
-from rich.table import Table
 
+from fobbench.cli import checks
 from fobbench.cli.app import app
-from fobbench.errors import FobbenchError
-from fobbench.paths import check_writable_file
-from fobbench.progress import console, out, table_console
-from fobbench.results import compare as comparison
-from fobbench.results import read_results
 
-_STYLES = {
-    comparison.WORSE: "bold red",
-    comparison.CHANGED: "bold yellow",
-    comparison.BETTER: "green",
-    comparison.NOT_COMPARABLE: "magenta",
-    comparison.MISSING: "bold red",
-    comparison.INSUFFICIENT: "dim",
-    comparison.NEW: "cyan",
-}
-_KINDS = {
-    "all": (comparison.DETERMINISTIC, comparison.NOISY),
-    "deterministic": (comparison.DETERMINISTIC,),
-    "noisy": (comparison.NOISY,),
-}
+if TYPE_CHECKING:  # pandas and scipy are imported once the options are known good
+    from rich.table import Table
+
+
+def _styles() -> dict[str, str]:
+    """Rich style of each verdict."""
+    from fobbench.results import compare as comparison
+
+    return {
+        comparison.WORSE: "bold red",
+        comparison.CHANGED: "bold yellow",
+        comparison.BETTER: "green",
+        comparison.NOT_COMPARABLE: "magenta",
+        comparison.MISSING: "bold red",
+        comparison.INSUFFICIENT: "dim",
+        comparison.NEW: "cyan",
+    }
+
+
+def _kinds() -> dict[str, tuple[str, ...]]:
+    """``--kind`` -> the metric kinds compared (keys: :data:`fobbench.choices.COMPARE_KINDS`)."""
+    from fobbench.results import compare as comparison
+
+    return {
+        "all": (comparison.DETERMINISTIC, comparison.NOISY),
+        "deterministic": (comparison.DETERMINISTIC,),
+        "noisy": (comparison.NOISY,),
+    }
 
 
 def _table(report, only_changed: bool) -> Table:
+    from rich.table import Table
+
+    from fobbench.results import compare as comparison
+
+    _STYLES = _styles()
     table = Table(title="fobbench compare", title_justify="left")
     for name, justify in (("benchmark", "left"), ("method", "left"), ("point", "left"),
                           ("metric", "left"), ("base", "right"), ("new", "right"),
@@ -99,17 +112,17 @@ def compare(
     missing from NEW fail unless --allow-missing; nothing comparable at all is exit 2.
     Compare reports (--csv) lying among the results are recognised and skipped.
     """
-    if kind not in _KINDS:
-        raise FobbenchError(f"--kind: '{kind}' is not one of {', '.join(_KINDS)}")
-    for option, path in (("--markdown", markdown), ("--csv", csv)):
-        if path is not None and path.is_dir():
-            raise FobbenchError(f"{option}: {path} is a folder; give a file name")
-        if path is not None:
-            check_writable_file(path, option)  # before reading and comparing anything
+    checks.check_compare(dict(locals()))  # every value and path, before pandas is imported
+    from rich.markup import escape
+
+    from fobbench.progress import console, out, table_console
+    from fobbench.results import compare as comparison
+    from fobbench.results import read_results
+
     base_frame = read_results(base)
     new_frame = read_results(new)
     report = comparison.run(base_frame, new_frame, factor=factor, rtol=rtol, atol=atol, alpha=alpha,
-                            kinds=_KINDS[kind])
+                            kinds=_kinds()[kind])
     comparison.check_comparable(report, base_frame, new_frame)
     if not (only_changed and (report["verdict"] == comparison.SAME).all()):
         table_console().print(_table(report, only_changed))

@@ -5,23 +5,21 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich import box
-from rich.table import Table
 
-from fobbench import plugins
-from fobbench.cli import options
+from fobbench import plugin_names as plugins
+from fobbench.choices import DEFAULT_GRADCHECK_EXPERIMENTS
+from fobbench.cli import checks, options
 from fobbench.cli.app import app
 from fobbench.cli.options import NU_AUTO_HELP, parse_nu
 from fobbench.errors import FobbenchError
-from fobbench.estimators import hyperparameter_help, names, parse_methods
-from fobbench.experiments import gradcheck as experiment
-from fobbench.experiments import runner
-from fobbench.paths import check_writable_dir, figure_dir
-from fobbench.progress import console, out, print_figures
+from fobbench.methods import hyperparameter_help, names, parse_methods
 from fobbench.ranges import parse_range, parse_seeds
+
+if TYPE_CHECKING:  # torch, pandas and rich tables are imported once the options are known good
+    from fobbench.experiments import runner
 
 EXAMPLE = (
     "Example: fobbench gradcheck --experiments all --inner-steps 1..128 --methods fobmaml-sym,imaml,maml"
@@ -42,6 +40,12 @@ def _short(value: float) -> str:
 
 
 def _show(files: runner.RunFiles) -> None:
+    from rich import box
+    from rich.table import Table
+
+    from fobbench.experiments import gradcheck as experiment
+    from fobbench.progress import out
+
     frame = files.frame()
     if frame.empty:
         return
@@ -87,7 +91,7 @@ def _show(files: runner.RunFiles) -> None:
 def gradcheck(
     experiments: Annotated[str, typer.Option(
         "--experiments", help="all, or a comma list of error_vs_k, outer_loss, error_vs_nu, lambda, rates."
-    )] = ",".join(experiment.DEFAULT_EXPERIMENTS),
+    )] = ",".join(DEFAULT_GRADCHECK_EXPERIMENTS),
     methods: Annotated[str, typer.Option(
         "--methods", help=f"Comma-separated estimators, or all ({', '.join(names())})."
     )] = "all",
@@ -177,7 +181,10 @@ def gradcheck(
     Writes one CSV per sub-experiment (benchmark gradcheck.<name>) into one folder, figures as PNG
     next to them, and prints the estimator × K error table with a headline finding.
     """
-    runner.carry_out(plan(options.resolve_aliases(dict(locals()), ALIASES)))
+    chosen = plan(options.resolve_aliases(dict(locals()), ALIASES))  # checks every value first
+    from fobbench.experiments import runner
+
+    runner.carry_out(chosen)
 
 
 def plan(p: Mapping[str, Any], check_only: bool = False) -> runner.Plan:
@@ -187,6 +194,12 @@ def plan(p: Mapping[str, Any], check_only: bool = False) -> runner.Plan:
     ``fobbench run`` checks a whole suite this way).
     """
     p = {"problem": None, "activation": None, "pool": None, "hidden": None, "check_tasks": 1, **p}
+    checks.check_gradcheck(p)  # every value, before torch is imported
+    from fobbench.experiments import gradcheck as experiment
+    from fobbench.experiments import runner
+    from fobbench.paths import check_writable_dir, figure_dir
+    from fobbench.progress import console, print_figures
+
     if p["problem"] is not None:
         return network_plan(p)
     for name in ("activation", "pool", "hidden"):
@@ -243,7 +256,12 @@ def plan(p: Mapping[str, Any], check_only: bool = False) -> runner.Plan:
 
 def network_plan(p: Mapping[str, Any]) -> runner.Plan:
     """``gradcheck --problem``: the real-network spec (truth by Newton–CG; three CSVs)."""
+    from fobbench import plugins as loader
+    from fobbench.experiments import gradcheck as experiment
+    from fobbench.experiments import runner
     from fobbench.experiments.gradcheck import network
+    from fobbench.paths import check_writable_dir
+    from fobbench.progress import console
 
     if p["threads"] < 1:
         raise FobbenchError(f"--threads must be >= 1 (got {p['threads']})")
@@ -264,7 +282,7 @@ def network_plan(p: Mapping[str, Any]) -> runner.Plan:
     folder, resuming = runner.destination(p["out_dir"], p["resume"], experiment.default_out)
     if not (resuming and Path(folder).is_file()):  # a CSV given to --resume: the runner names the folder
         check_writable_dir(folder, "--resume" if resuming else "--out")
-    made = plugins.problem(config.problem, config.options())  # fails here, before anything is written
+    made = loader.problem(config.problem, config.options())  # fails here, before anything is written
 
     def show(files: runner.RunFiles) -> None:
         frame = files.frame()
@@ -284,7 +302,11 @@ def network_plan(p: Mapping[str, Any]) -> runner.Plan:
 
 def _show_network(frame: Any) -> None:
     """Truth check, error × K table, ν slopes."""
+    from rich import box
+    from rich.table import Table
+
     from fobbench.experiments.gradcheck import summaries
+    from fobbench.progress import out
 
     for title, table in summaries.network_tables(frame):
         view = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)

@@ -6,24 +6,22 @@ import math
 from collections.abc import Mapping
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import pandas as pd
 import typer
-from rich.table import Table
 
-from fobbench import plugins
-from fobbench.cli import options
+from fobbench import plugin_names as plugins
+from fobbench.choices import FIGURE_FORMATS as FORMATS
+from fobbench.cli import checks, options
 from fobbench.cli.app import app
 from fobbench.errors import FobbenchError
-from fobbench.estimators import BATCHING, hyperparameter_help, names, parse_methods, rank_of
-from fobbench.experiments import memory as experiment
-from fobbench.experiments import runner
-from fobbench.figures.common import FORMATS
-from fobbench.paths import check_writable_file, figure_dir
-from fobbench.progress import console, out, print_figures
-from fobbench.ranges import parse_range, parse_seeds
-from fobbench.results import default_path, read_results
+from fobbench.methods import BATCHING, hyperparameter_help, names, parse_methods, rank_of
+
+if TYPE_CHECKING:  # torch, pandas and rich tables are imported once the options are known good
+    import pandas as pd
+    from rich.table import Table
+
+    from fobbench.experiments import runner
 
 ALIASES = (options.alias("--k", int), options.alias("--outer-lr", float), options.alias("--seed"))
 """Old spellings accepted (hidden, with a deprecation note)."""
@@ -49,31 +47,12 @@ Batching = Enum("Batching", {name: name for name in BATCHING}, type=str)
 Fmt = Enum("Fmt", {name: name for name in FORMATS}, type=str)
 
 
-def _sizes(arch: str, channels: str | None, d_model: str | None, seq: str | None,
-           sizes: str | None = None) -> dict[str, list[int]]:
-    """Swept and fixed sizes from the options, with the paper's sweeps as defaults."""
-    if arch == "plugin":
-        if channels is not None or d_model is not None or seq is not None:
-            raise FobbenchError("--model sweeps --sizes; --channels, --d-model and --seq apply to --arch")
-        if sizes is None:
-            raise FobbenchError("--model needs --sizes (the values passed to the factory, e.g. 8..64)")
-        return {"size": parse_range(sizes, "--sizes")}
-    if sizes is not None:
-        raise FobbenchError("--sizes applies to --model, not to --arch")
-    if arch == "convnet":
-        if d_model is not None or seq is not None:
-            raise FobbenchError("--d-model and --seq apply to --arch transformer, not convnet")
-        return {"channels": parse_range("16..256" if channels is None else channels, "--channels")}
-    if channels is not None:
-        raise FobbenchError("--channels applies to --arch convnet, not transformer")
-    d_values = parse_range("128" if d_model is None else d_model, "--d-model")
-    # Fig. 6 (App. B) sweeps seq at d_model 128; Fig. 3 sweeps d_model at seq 128.
-    seq_default = "128" if len(d_values) > 1 else "32..512"
-    return {"d_model": d_values, "seq": parse_range(seq_default if seq is None else seq, "--seq")}
-
-
 def _table(frame: pd.DataFrame, sweep: str, title: str) -> Table:
     """Peak MiB above the baseline: one row per method (display order), one column per sweep value."""
+    from rich.table import Table
+
+    from fobbench.experiments import memory as experiment
+
     table = Table(title=title)
     table.add_column(f"method \\ {sweep}", style="bold")
     rows = frame[frame["metric"] == "peak_mib"] if not frame.empty else frame
@@ -167,7 +146,10 @@ def memory(
     over the tasks plus an outer SGD step). Without --limit nothing stops a large point: use
     --estimate to predict sizes that would not fit.
     """
-    runner.carry_out(plan(options.resolve_aliases(dict(locals()), ALIASES)))
+    chosen = plan(options.resolve_aliases(dict(locals()), ALIASES))  # checks every value first
+    from fobbench.experiments import runner
+
+    runner.carry_out(chosen)
 
 
 def _choice(value: object) -> str:
@@ -183,9 +165,9 @@ def _checked(p: Mapping[str, Any]) -> tuple[str, str, str | None, float | None]:
         raise FobbenchError(f"--threads must be >= 1 (got {p['threads']})")
     model = p.get("model")
     if model is not None:
-        from fobbench import plugins
+        from fobbench import plugins as loader
 
-        plugins.memory_model(model)
+        loader.memory_model(model)
         arch = "plugin"
     elif arch == "plugin":
         raise FobbenchError("--arch plugin needs --model")
@@ -206,6 +188,14 @@ def plan(p: Mapping[str, Any], check_only: bool = False) -> runner.Plan:
     checking a whole suite) skips what is a fact of the machine, not of the values: whether
     a CUDA device is present is checked when the point starts.
     """
+    checks.check_memory(p)  # every value, before torch is imported
+    from fobbench.experiments import memory as experiment
+    from fobbench.experiments import runner
+    from fobbench.paths import check_writable_file, figure_dir
+    from fobbench.progress import console, out, print_figures
+    from fobbench.ranges import parse_seeds
+    from fobbench.results import default_path, read_results
+
     arch, device, model, limit = _checked(p)
     backend = "estimate" if p["estimate"] else device
     settings = experiment.MemorySettings(
@@ -219,13 +209,13 @@ def plan(p: Mapping[str, Any], check_only: bool = False) -> runner.Plan:
     )
     seeds = parse_seeds(str(p["seeds"]), "--seeds")
     chosen = parse_methods(p["methods"], "--methods", allow_exact=False)
-    sizes = _sizes(arch, p["channels"], p["d_model"], p["seq"], p.get("sizes"))
+    sizes = checks.memory_sizes(arch, p["channels"], p["d_model"], p["seq"], p.get("sizes"))
     sweep, points = experiment.sweep_points(arch, sizes)
     settings.check(points)
     if model is not None:
-        from fobbench import plugins
+        from fobbench import plugins as loader
 
-        plugins.memory_model(model)(points[0]["size"])  # probe: a broken factory fails before any write
+        loader.memory_model(model)(points[0]["size"])  # probe: a broken factory fails before any write
     if backend == "cuda" and not check_only:
         from fobbench.measure.cuda import require_cuda
 

@@ -132,7 +132,7 @@ NU_AUTO_HELP = ", or auto: chosen from θ's dtype, λ and the method's bias orde
 
 def parse_nu(text: str, option: str = "--nu") -> float | str:
     """A ``--nu`` value: a number or ``auto``; anything else is a one-line error naming the option."""
-    from fobbench.estimators.nu_rule import AUTO  # lazily: the estimators import torch
+    from fobbench.methods import AUTO
 
     if str(text).strip().lower() == AUTO:
         return AUTO

@@ -6,13 +6,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
+from fobbench.choices import FIGURE_FORMATS as FORMATS
+from fobbench.cli import checks
 from fobbench.cli.app import app
-from fobbench.figures.common import FORMATS
-from fobbench.paths import check_writable_dir, figure_dir
-from fobbench.plot import collect, draw_all
-from fobbench.progress import console, out, print_figures, table_console
 
 
 @app.command(
@@ -35,8 +32,12 @@ def plot(
     log scale, OOM marked). Repeats of a point are averaged with a 95% interval; values
     measured differently (measured_by, device) are never merged into one line.
     """
-    out_dir = figure_dir(path) if out_dir is None else out_dir
-    check_writable_dir(out_dir, "--out")  # before reading and drawing anything
+    out_dir = checks.check_plot(dict(locals()))  # PATH, --format, --out: before matplotlib is imported
+    from rich.table import Table
+
+    from fobbench.plot import collect, draw_all
+    from fobbench.progress import console, out, print_figures, table_console
+
     frame = collect(path, exclude=out_dir)
     report = draw_all(frame, out_dir, fmt)
     table = Table(title=f"fobbench plot {path}", title_justify="left")

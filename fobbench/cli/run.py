@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # the runner (pandas, results store) is imported when a point
 def default_out(suite_path: Path) -> Path:
     """``results/suites/<suite>-<UTC stamp>-<commit>/``: a fresh folder per invocation, except in a
     SLURM array job, where every job of the array shares ``results/suites/<suite>-slurm<job id>/``."""
-    from fobbench.results.store import run_stamp
+    from fobbench.paths import run_stamp
 
     root = Path("results") / "suites"
     return array_folder(root, suite_path.stem, os.environ) or root / f"{suite_path.stem}-{run_stamp()}"
@@ -58,19 +58,49 @@ def _planners() -> dict[tuple[str, ...], Planner]:
     }
 
 
+def _checks() -> dict[tuple[str, ...], Callable[[dict[str, Any]], object]]:
+    """Command words -> the torch-free check of its values (:mod:`fobbench.cli.checks`), aliases resolved."""
+    from fobbench.cli import checks, gradcheck, memory, train
+
+    aliases = {("gradcheck",): gradcheck.ALIASES, ("memory",): memory.ALIASES,
+               ("train", "mnist1d"): train.ALIASES, ("train", "omniglot"): train.ALIASES}
+
+    def checked(words: tuple[str, ...]) -> Callable[[dict[str, Any]], object]:
+        def check(values: dict[str, Any]) -> object:
+            with contextlib.redirect_stderr(io.StringIO()):  # the planner notes deprecated spellings
+                resolved = options.resolve_aliases(values, aliases[words])
+            return checks.CHECKS[words](resolved)
+        return check
+
+    return {words: checked(words) for words in aliases}
+
+
 def check_values(suite: suites.Suite, root: Any, points: Sequence[suites.Point], outputs: dict[int, Path],
                  resume: bool) -> None:
     """Check every value of every point with its command's own plan, before anything runs.
 
     The parser has already checked names and types (:func:`suites.validate`); this checks
-    what the command checks before running: ranges, method names, settings, sizes.
+    what the command checks before running: ranges, method names, settings, sizes — first
+    every point with the torch-free checks of :mod:`fobbench.cli.checks`, then every point
+    with its command's plan.
 
     Raises:
         suites.SuiteError: ``FILE:LINE: [[run]] #N 'name': key 'options.seq': message`` at the
             first bad value.
     """
+    light = _checks()
+    for point in points:  # first every value of every point without torch (a bad one answers at once)
+        check = light.get(point.command)
+        if check is None:
+            continue
+        output = outputs[point.index]
+        values = suites.values(suite, root, point, output, resume=resume and output.exists())
+        try:
+            check(values)
+        except FobbenchError as error:
+            raise suites.value_error(suite, point, str(error)) from None
     planners = _planners()
-    for point in points:
+    for point in points:  # then what only the commands' own plans can check
         planner = planners.get(point.command)
         if planner is None:
             continue

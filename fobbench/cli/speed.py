@@ -6,26 +6,21 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-from rich import box
-from rich.table import Table
-
-from fobbench.cli import options
+from fobbench.choices import PEERS
+from fobbench.cli import checks, options
 from fobbench.cli.app import app
 from fobbench.cli.options import opt
 from fobbench.errors import FobbenchError
-from fobbench.estimators import EstimatorConfig, hyperparameter_help, parse_methods, rank_of
-from fobbench.experiments import runner
-from fobbench.experiments import speed as experiment
-from fobbench.figures.common import check_format
-from fobbench.inner import InnerConfig
-from fobbench.measure.timing import default_threads
-from fobbench.peers import PEERS, parse_peers
-from fobbench.progress import console, table_console
+from fobbench.methods import hyperparameter_help, parse_methods, rank_of
 from fobbench.ranges import parse_range, parse_seeds
-from fobbench.results import default_path, read_results
+
+if TYPE_CHECKING:  # torch, pandas and matplotlib are imported once the options are known good
+    import pandas as pd
+
+    from fobbench.experiments import runner
+    from fobbench.experiments import speed as experiment
 
 OPTIONS = (
     opt("problem", str, "mnist1d", help="mnist1d (Conv1D, App. D.2) or omniglot (Conv4; needs --data-dir)."),
@@ -82,6 +77,11 @@ def _problem(p: Mapping[str, Any]) -> Any:
 
 def settings(p: Mapping[str, Any]) -> experiment.SpeedSettings:
     """The benchmark's settings from the option values (by parameter name)."""
+    from fobbench.estimators import EstimatorConfig
+    from fobbench.experiments import speed as experiment
+    from fobbench.inner import InnerConfig
+    from fobbench.peers import parse_peers
+
     batchings = [b.strip() for b in str(p["batching"]).split(",") if b.strip()]
     if p["compile"] and "compiled" not in batchings:
         batchings.append("compiled")
@@ -109,6 +109,8 @@ def _cell(value: float, spec: str, scale: float = 1.0) -> str:
 
 def summary(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per contender: median ms, IQR ms, ×floor, × fobbench's vmap, agreement, peak MiB."""
+    import pandas as pd
+
     if frame.empty:
         return pd.DataFrame()
     keys = ["meta_batch", "method", "impl", "batching"]
@@ -129,6 +131,11 @@ def summary(frame: pd.DataFrame) -> pd.DataFrame:
 
 def show_table(frame: pd.DataFrame, title: str) -> None:
     """Print the summary table of a speed run."""
+    from rich import box
+    from rich.table import Table
+
+    from fobbench.progress import table_console
+
     table = summary(frame)
     if table.empty:
         return
@@ -153,6 +160,14 @@ def show_table(frame: pd.DataFrame, title: str) -> None:
 
 def plan(p: Mapping[str, Any]) -> runner.Plan:
     """The runner's plan of ``fobbench speed`` from its option values."""
+    checks.check_speed(p)  # every value, before torch is imported
+    from fobbench.experiments import runner
+    from fobbench.experiments import speed as experiment
+    from fobbench.figures.common import check_format
+    from fobbench.measure.timing import default_threads
+    from fobbench.progress import console
+    from fobbench.results import default_path, read_results
+
     check_format(p["fmt"])
     chosen = settings(p)
     problem = _problem(p)
@@ -176,12 +191,20 @@ def plan(p: Mapping[str, Any]) -> runner.Plan:
     return runner.Plan(spec, Path(path), resuming, p["quiet"], threads, benchmark, show)
 
 
+def carry_out(p: Mapping[str, Any]) -> None:
+    """Run ``fobbench speed`` (its options checked before torch is imported)."""
+    chosen = plan(p)
+    from fobbench.experiments import runner
+
+    runner.carry_out(chosen)
+
+
 app.command(
     "speed",
     epilog="Example: fobbench speed --methods maml,fomaml,fobmaml-sym --peers higher,torchopt "
            "--meta-batch 16",
 )(options.command(
-    lambda p: runner.carry_out(plan(p)), OPTIONS,
+    lambda p: carry_out(p), OPTIONS,
     doc="""Time one meta-gradient per method × batching × meta-batch (torch.utils.benchmark: median, IQR).
 
     Every contender (fobbench's vmap/loop/compiled batchings and the --peers libraries) runs on the

@@ -5,29 +5,22 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich import box
-from rich.table import Table
 
-from fobbench import distributed as dd
-from fobbench.cli import options
+from fobbench.cli import checks, options
 from fobbench.cli.app import app
 from fobbench.cli.options import NU_AUTO_HELP, opt, parse_nu
 from fobbench.errors import FobbenchError
-from fobbench.estimators import EstimatorConfig, get, hyperparameter_help, names, parse_methods
-from fobbench.experiments import runner
-from fobbench.experiments import train as experiment
-from fobbench.figures import train as figures
-from fobbench.figures.common import check_format
-from fobbench.inner import InnerConfig
-from fobbench.measure.timing import default_threads
-from fobbench.paths import check_writable_file, figure_dir
-from fobbench.problems.base import FewShotProblem
-from fobbench.progress import console, out, print_figures
+from fobbench.methods import METHODS, hyperparameter_help, names, parse_methods
 from fobbench.ranges import parse_seeds
-from fobbench.results import default_path, read_results
+
+if TYPE_CHECKING:  # torch, pandas and matplotlib are imported once the options are known good
+    from fobbench import distributed as dd
+    from fobbench.experiments import runner
+    from fobbench.experiments import train as experiment
+    from fobbench.problems.base import FewShotProblem
 
 train_app = typer.Typer(
     help="Meta-train a few-shot classifier with each estimator; accuracy curves, final table, speed.",
@@ -48,11 +41,11 @@ SHARED = (
     opt("outer", str, "adam", help="Outer optimizer: sgd, clipped, sngdm or adam."),
     opt("lam", float, 2.0,
         help="Proximal strength λ of the inner problem (> 0; 0 only for "
-             f"{', '.join(n for n in names(trainable=True) if not get(n).proximal)})."),
+             f"{', '.join(n for n in names(trainable=True) if not METHODS[n].proximal)})."),
     opt("nu", str, "0.1", help=hyperparameter_help("nu").rstrip(".") + NU_AUTO_HELP + "."),
     opt("inner_protocol", str, "proximal",
         help=f"{hyperparameter_help('inner_protocol')} Under published, λ = 0 for "
-             f"{', '.join(n for n in names(trainable=True) if not get(n).proximal)}."),
+             f"{', '.join(n for n in names(trainable=True) if not METHODS[n].proximal)}."),
     opt("cg_steps", int, 5, help=hyperparameter_help("cg_steps")),
     opt("es_samples", int, 16, help=hyperparameter_help("es_samples")),
     opt("es_sigma", float, 0.01, help=hyperparameter_help("es_sigma")),
@@ -88,6 +81,10 @@ ALIASES = (options.alias("--k", int), options.alias("--outer-lr", float), option
 
 def _config(p: Mapping[str, Any], check_only: bool = False) -> experiment.TrainConfig:
     """The training settings from the option values (``check_only``: see :func:`plan`)."""
+    from fobbench.estimators import EstimatorConfig
+    from fobbench.experiments import train as experiment
+    from fobbench.inner import InnerConfig
+
     chosen = parse_methods(p["methods"] or p["method"], "--methods" if p["methods"] else "--method",
                            allow_exact=False)
     inner = InnerConfig(steps=p["inner_steps"], lr=p["inner_lr"], lam=p["lam"],
@@ -110,6 +107,13 @@ def _number(value: float, spec: str) -> str:
 
 
 def _show(path: Path) -> None:
+    from rich import box
+    from rich.table import Table
+
+    from fobbench.figures import train as figures
+    from fobbench.progress import out
+    from fobbench.results import read_results
+
     frame = read_results(path)
     table = figures.summarize(frame)
     if table.empty:
@@ -138,40 +142,35 @@ def _show(path: Path) -> None:
               "K support + 1 query for MAML); wall: seconds of the run's wall time with evaluations.")
 
 
-def _check_task_shape(p: Mapping[str, Any]) -> None:
-    """The task-shape values a problem checks when it loads its data, checked without the data."""
-    for option, key, low in (("--ways", "ways", 2), ("--shots", "shots", 1), ("--queries", "queries", 1),
-                             ("--num-samples", "num_samples", 100), ("--image-size", "image_size", 4)):
-        value = p.get(key)
-        if value is not None and (not isinstance(value, int) or value < low):
-            raise FobbenchError(f"{option} must be an integer >= {low} (got {value})")
-    if "split" in p:
-        from fobbench.problems.omniglot import SPLIT_NAMES
-
-        if p["split"] not in SPLIT_NAMES:
-            raise FobbenchError(f"--split: unknown Omniglot split '{p['split']}' "
-                                f"(choose from {', '.join(SPLIT_NAMES)})")
-
-
 def plan(p: Mapping[str, Any], benchmark: str, problem: Callable[[Mapping[str, Any]], FewShotProblem],
-         check_only: bool = False, ctx: dd.DistContext = dd.SINGLE) -> runner.Plan:
+         check_only: bool = False, ctx: dd.DistContext | None = None) -> runner.Plan:
     """The runner's plan of a ``train`` command from its option values (by parameter name).
 
-    ``ctx``: the torch.distributed context this process runs in; ranks other than 0 compute
-    their share but write, show and draw nothing.
+    ``ctx``: the torch.distributed context this process runs in (None: a single process);
+    ranks other than 0 compute their share but write, show and draw nothing.
 
     ``check_only`` (``fobbench run`` checking a whole suite before its first run) checks
     every value without loading data or touching a device: the plan it returns has no
     problem and must not be carried out.
     """
+    checks.check_train(p)  # every value, before torch is imported
+    from fobbench import distributed as dd
+    from fobbench.experiments import runner
+    from fobbench.experiments import train as experiment
+    from fobbench.figures.common import check_format
+    from fobbench.measure.timing import default_threads
+    from fobbench.paths import check_writable_file, figure_dir
+    from fobbench.progress import console, print_figures
+    from fobbench.results import default_path, read_results
+
+    ctx = dd.SINGLE if ctx is None else ctx
     check_format(p["fmt"])
     config = _config(p, check_only)
     if p["threads"] is not None and p["threads"] < 1:
         raise FobbenchError(f"--threads must be >= 1 (got {p['threads']})")
     path, resuming = runner.destination(p["out_file"], p["resume"], lambda: default_path(benchmark))
     check_writable_file(path, "--resume" if resuming else "--out")  # before any data are generated
-    if check_only:
-        _check_task_shape(p)
+    if check_only:  # the task shape was checked by checks.check_train
         return runner.Plan(experiment.TrainRun(None, config, benchmark), Path(path), resuming)  # type: ignore[arg-type]
 
     def show(files: runner.RunFiles) -> None:
@@ -198,6 +197,10 @@ def carry_out(p: Mapping[str, Any], benchmark: str, problem: Callable[[Mapping[s
     process group (gloo on CPU, nccl on CUDA, or ``--dist-backend``) and trains its share of
     each meta-batch; rank 0 writes the CSV (with ``world_size``), checkpoints and figures.
     """
+    checks.check_train(p)  # before torch is imported
+    from fobbench import distributed as dd
+    from fobbench.experiments import runner
+
     with dd.session(device=p["device"], backend=p["dist_backend"]) as ctx:
         runner.carry_out(plan(p, benchmark, problem, ctx=ctx))
 
@@ -264,8 +267,16 @@ def plugin_problem(p: Mapping[str, Any]) -> FewShotProblem:
     return plugins.problem(p["problem"], options)  # type: ignore[return-value]
 
 
+def carry_out_plugin(p: Mapping[str, Any]) -> None:
+    """Run ``train problem`` (its options checked before torch is imported)."""
+    chosen = plan(p, "train.plugin", plugin_problem)
+    from fobbench.experiments import runner
+
+    runner.carry_out(chosen)
+
+
 def _problem_names() -> str:
-    from fobbench import plugins
+    from fobbench import plugin_names as plugins
 
     return ", ".join(plugins.names(plugins.PROBLEMS))
 
@@ -280,7 +291,7 @@ train_app.command(
     "problem",
     epilog="Example: fobbench train problem --problem blobs:problem --methods fobmaml-sym,maml",
 )(options.command(
-    lambda p: runner.carry_out(plan(p, "train.plugin", plugin_problem)), PLUGIN, ALIASES,
+    lambda p: carry_out_plugin(p), PLUGIN, ALIASES,
     doc="""Any problem: a registered name or your own package.module:factory.
 
     The factory returns an object with name, sample(split, tasks, generator) and model()

@@ -40,16 +40,16 @@ from fobbench.estimators.base import (
     parse_methods,
     rank_of,
     register,
+    unregister,
 )
 from fobbench.estimators.nu_rule import AUTO, measure
+from fobbench.methods import BATCHING
 from fobbench.params import Data, LossFn, Params, detached, zeros_like
-
-BATCHING = ("vmap", "loop")
 
 __all__ = [
     "BATCHING", "PROTOCOLS", "REGISTRY", "Estimator", "EstimatorConfig", "FloorPasses", "MetaGradient",
     "accumulates", "get", "hyperparameter_help", "meta_gradient", "method_config", "names", "parse_methods",
-    "per_task", "rank_of", "register", "resolve_nu",
+    "per_task", "rank_of", "register", "resolve_nu", "unregister",
 ]
 
 # Every module of this package registers its method on import: adding an estimator is adding

@@ -5,26 +5,34 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import NamedTuple
 
 import torch
 
 from fobbench.errors import FobbenchError
 from fobbench.estimators.nu_rule import AUTO, CURVATURE, auto_nu
 from fobbench.inner import InnerConfig
+from fobbench.methods import (
+    HYPERPARAMETER_HELP,
+    METHODS,
+    PROTOCOLS,
+    FloorFn,
+    FloorPasses,
+    Method,
+    declare,
+    forget,
+    hyperparameter_help,
+    names,
+    parse_methods,
+    rank_of,
+    solve_and_query,
+)
 from fobbench.params import Data, LossFn, Params
 
-PROTOCOLS = ("proximal", "published")
-"""Inner-objective protocols of a run (DESIGN.md, "One inner solver for all"):
-
-- ``proximal``: every method adapts on f̂ + λ/2‖φ − θ‖², so differences between methods
-  come from the estimator alone (B-MAML's set-up).
-- ``published``: each method adapts on the inner problem it was published with. MAML,
-  FO-MAML, Reptile and ES-MAML take plain gradient steps on f̂ (λ = 0; Finn et al. 2017,
-  Nichol et al. 2018, Song et al. 2020); FO-B-MAML and iMAML keep λ, which their
-  estimators need (registry flag ``proximal``).
-"""
-
+__all__ = [
+    "METHODS", "PROTOCOLS", "REGISTRY", "AccumulateFn", "Estimator", "EstimatorConfig", "FloorFn",
+    "FloorPasses", "PerTaskFn", "accumulates", "get", "hyperparameter_help", "method_config", "names",
+    "nu_of", "parse_methods", "rank_of", "register", "solve_and_query", "unregister",
+]
 
 PUBLISHED_IMAML_DAMPING = (1.0, 10.0)
 """(ρ, τ) of the iMAML authors' code (aravindr93/imaml_dev: ``matrix_evaluator(task, lam,
@@ -56,14 +64,12 @@ class EstimatorConfig:
     """
 
     inner: InnerConfig = field(default_factory=InnerConfig)
-    nu: float | str = field(default=0.1, metadata={"help": "ν, the FO-B-MAML perturbation (≠ 0)."})
-    cg_steps: int = field(default=5, metadata={"help": "iMAML conjugate-gradient steps."})
-    es_samples: int = field(default=16, metadata={"help": "ES-MAML antithetic Gaussian directions."})
-    es_sigma: float = field(default=0.01, metadata={"help": "ES-MAML smoothing radius σ."})
-    exact_newton_steps: int = field(default=30, metadata={"help": "Newton iterations of the exact solve."})
-    inner_protocol: str = field(default="proximal", metadata={
-        "help": "Inner problem: proximal (every method on f̂ + λ/2‖φ−θ‖²) or published (the methods "
-                "published without a proximal term on f̂ alone, λ = 0; the others keep λ)."})
+    nu: float | str = field(default=0.1, metadata={"help": HYPERPARAMETER_HELP["nu"]})
+    cg_steps: int = field(default=5, metadata={"help": HYPERPARAMETER_HELP["cg_steps"]})
+    es_samples: int = field(default=16, metadata={"help": HYPERPARAMETER_HELP["es_samples"]})
+    es_sigma: float = field(default=0.01, metadata={"help": HYPERPARAMETER_HELP["es_sigma"]})
+    exact_newton_steps: int = field(default=30, metadata={"help": HYPERPARAMETER_HELP["exact_newton_steps"]})
+    inner_protocol: str = field(default="proximal", metadata={"help": HYPERPARAMETER_HELP["inner_protocol"]})
     cg_damping: tuple[float, float] | None = None
     in_place: bool = field(default=False, compare=False, repr=False)
 
@@ -89,34 +95,6 @@ class EstimatorConfig:
             raise FobbenchError(f"--es-sigma must be > 0 (got {self.es_sigma})")
 
 
-def hyperparameter_help(name: str) -> str:
-    """The help text of the :class:`EstimatorConfig` field ``name`` (for CLI options and docs)."""
-    return EstimatorConfig.__dataclass_fields__[name].metadata.get("help", "")
-
-
-class FloorPasses(NamedTuple):
-    """Plain fwd+bwd passes per task that a method cannot avoid (its speed floor).
-
-    Attributes:
-        both: gradients of f̂ + f (support and query losses summed, one backward).
-        support: gradients of the support loss f̂ alone.
-        query: gradients of the query loss f alone.
-    """
-
-    both: int
-    support: int
-    query: int
-
-
-FloorFn = Callable[[EstimatorConfig], FloorPasses]
-"""``floor(config) -> FloorPasses``: the method's speed floor under its settings."""
-
-
-def solve_and_query(config: EstimatorConfig) -> FloorPasses:
-    """The floor of one K-step support solve plus one query gradient (K + 1 passes)."""
-    return FloorPasses(both=0, support=config.inner.steps, query=1)
-
-
 PerTaskFn = Callable[[Params, LossFn, Data, Data, EstimatorConfig, "Params | None"], Params]
 """``fn(θ, loss, support, query, config, noise) -> meta-gradient of one task``."""
 
@@ -125,76 +103,19 @@ AccumulateFn = Callable[[Params, LossFn, Data, Data, EstimatorConfig, "Params | 
 ``total`` in place."""
 
 
-@dataclass(frozen=True)
-class Estimator:
-    """A meta-gradient method.
+@dataclass(frozen=True, kw_only=True)
+class Estimator(Method):
+    """A meta-gradient method: its declared facts (:class:`fobbench.methods.Method`: name,
+    summary, order, rank, floor, hyperparameters, theory slopes, ...) plus its torch functions.
 
     Attributes:
-        name: registry key (``maml``, ``fobmaml-sym``, ...).
         fn: the per-task estimate; pure, so it can be vmapped over tasks.
-        summary: one line for help texts and tables.
-        order: ``second`` (differentiates through the solver or uses Hessian products),
-            ``first`` (gradients only), ``zeroth`` (function values only) or ``exact``.
-        vmappable: False when the method has data-dependent control flow.
-        needs_noise: True for ES-MAML: Gaussian directions are drawn outside the per-task
-            function from a seeded generator, so vmap and loop see the same ones.
         accumulate_fn: adds the estimate into a running sum in place, folding partial results
             in early (see :meth:`accumulate`); None: add the result of ``fn``.
-        rank: position in tables, figures and default method lists (ascending; the paper's
-            order for the built-in methods).
-        floor: the plain fwd+bwd passes the method cannot avoid (``train``'s speed floor).
-        hyperparameters: the :class:`EstimatorConfig` fields the method reads besides the
-            inner solver (their help text is on the field).
-        sweeps: a hyperparameter ``gradcheck`` runs the method once per value of (iMAML's
-            ``cg_steps``); None: one run.
-        theory_nu: exponent of the bias in ν with an exact inner solve (Prop. 2), or None.
-            ``--nu auto`` balances a bias of this order against rounding
-            (:func:`fobbench.estimators.nu_rule.auto_nu`).
-        theory_delta: exponent of the error in the inner precision δ at the best ν
-            (Corollary 1), or None.
-        stencil: for a finite difference of perturbed proximal solutions, its
-            (multiple of ν, coefficient) pairs: g = −λ/ν · Σ c·φ_{m·ν}. gradcheck's
-            Corollary 1 model evaluates it on perturbed closed-form solutions; its largest
-            |m| bounds ``--nu auto``'s choice (the farthest perturbation stays ≤ 0.5).
-        fit_nus: (low, high) ν span on which the bias term dominates on gradcheck's default
-            quadratic (the ν-rate fit's default range), or None for gradcheck's own default.
-        proximal: True when the method's estimator needs the proximal term (λ > 0) in every
-            protocol (FO-B-MAML, iMAML, exact); False when its published inner problem is
-            plain steps on f̂ (λ = 0 under the ``published`` protocol).
     """
 
-    name: str
     fn: PerTaskFn
-    summary: str
-    order: str
-    vmappable: bool = True
-    needs_noise: bool = False
     accumulate_fn: AccumulateFn | None = None
-    rank: float = 1000.0
-    floor: FloorFn = solve_and_query
-    hyperparameters: tuple[str, ...] = ()
-    sweeps: str | None = None
-    theory_nu: float | None = None
-    theory_delta: float | None = None
-    stencil: tuple[tuple[float, float], ...] | None = None
-    fit_nus: tuple[float, float] | None = None
-    proximal: bool = True
-
-    @property
-    def uses_nu(self) -> bool:
-        """True when the estimate depends on ν (gradcheck's ν sweep and rate fits use these)."""
-        return "nu" in self.hyperparameters
-
-    @property
-    def is_exact(self) -> bool:
-        """True for ground-truth methods (order ``exact``): they solve the inner problem to
-        machine precision, so the inner steps K do not apply, and need a dense Hessian."""
-        return self.order == "exact"
-
-    @property
-    def trainable(self) -> bool:
-        """False for exact methods, which need a dense Hessian (no network training)."""
-        return not self.is_exact
 
     @property
     def solves_unperturbed(self) -> bool:
@@ -238,43 +159,41 @@ class Estimator:
 REGISTRY: dict[str, Estimator] = {}
 
 
-def register(name: str, summary: str, order: str, **facts: object) -> Callable[[PerTaskFn], PerTaskFn]:
+def register(name: str, summary: str | None = None, order: str | None = None,
+             **facts: object) -> Callable[[PerTaskFn], PerTaskFn]:
     """Decorator adding a per-task function to the registry under ``name``.
 
-    ``facts`` are the other :class:`Estimator` fields (rank, floor, hyperparameters, theory
-    slopes, ...): everything a consumer needs is declared here, next to the method.
+    A built-in method is declared in :mod:`fobbench.methods` (torch-free, so the command line
+    knows it without importing torch) and registers by name alone: ``@register("maml")``.
+    A method made at run time (a test, a script) passes its ``summary``, ``order`` and
+    other facts (:class:`fobbench.methods.Method` fields), which declare it first.
     """
-    reserved = {"name", "fn", "summary", "order", "accumulate_fn"}
-    unknown = (set(facts) - set(Estimator.__dataclass_fields__)) | (reserved & set(facts))
-    if unknown:
-        raise TypeError(f"register({name!r}): unknown facts {sorted(unknown)}")
-    for field_name in facts.get("hyperparameters", ()):  # type: ignore[union-attr]
-        if field_name not in EstimatorConfig.__dataclass_fields__:
-            raise TypeError(f"register({name!r}): {field_name!r} is not an EstimatorConfig field")
+    if summary is not None or order is not None or facts:
+        if summary is None or order is None:
+            raise TypeError(f"register({name!r}): a new method needs a summary and an order")
+        reserved = {"fn", "accumulate_fn", "name"}
+        unknown = (set(facts) - set(Estimator.__dataclass_fields__)) | (reserved & set(facts))
+        if unknown:
+            raise TypeError(f"register({name!r}): unknown facts {sorted(unknown)}")
+        for field_name in facts.get("hyperparameters", ()):  # type: ignore[union-attr]
+            if field_name not in EstimatorConfig.__dataclass_fields__:
+                raise TypeError(f"register({name!r}): {field_name!r} is not an EstimatorConfig field")
+        declare(name, summary, order, **facts)
+    elif name not in METHODS:
+        raise TypeError(f"register({name!r}): not declared in fobbench.methods (declare its facts there, "
+                        "or pass summary, order and facts)")
 
     def wrap(fn: PerTaskFn) -> PerTaskFn:
-        REGISTRY[name] = Estimator(name, fn, summary, order, **facts)  # type: ignore[arg-type]
+        REGISTRY[name] = Estimator(**METHODS[name].facts(), fn=fn)
         return fn
 
     return wrap
 
 
-def names(trainable: bool = False, uses_nu: bool = False) -> list[str]:
-    """Registered method names in display order (:attr:`Estimator.rank`, then name).
-
-    Args:
-        trainable: only methods that can train a network (not ``exact``-order ones).
-        uses_nu: only methods whose estimate depends on ν.
-    """
-    chosen = [e for e in REGISTRY.values()
-              if (not trainable or e.trainable) and (not uses_nu or e.uses_nu)]
-    return [e.name for e in sorted(chosen, key=lambda e: (e.rank, e.name))]
-
-
-def rank_of(name: str) -> tuple[float, str]:
-    """Sort key of a method name in display order; unknown names go last, alphabetically."""
-    estimator = REGISTRY.get(name)
-    return (estimator.rank if estimator is not None else math.inf, name)
+def unregister(name: str) -> None:
+    """Remove a method registered at run time (its implementation and its declaration)."""
+    REGISTRY.pop(name, None)
+    forget(name)
 
 
 def accumulates(name: str) -> Callable[[AccumulateFn], AccumulateFn]:
@@ -323,28 +242,3 @@ def get(name: str) -> Estimator:
         raise FobbenchError(
             f"unknown method '{name}' (choose from {', '.join(names())})"
         ) from None
-
-
-def parse_methods(text: str, option: str = "--methods", allow_exact: bool = True) -> list[str]:
-    """Split a comma-separated method list and check every name against the registry.
-
-    ``all`` is every registered method in display order (trainable ones only when
-    ``allow_exact`` is False). Empty lists and empty items (a stray comma) are errors.
-    """
-    allowed = names(trainable=not allow_exact)
-    if text.strip() == "all":
-        return allowed
-    if not text.strip():
-        raise FobbenchError(f"{option}: no method given")
-    chosen = [part.strip() for part in text.split(",")]
-    if not all(chosen):
-        raise FobbenchError(f"{option}: '{text}' has an empty item (a stray comma?)")
-    for name in chosen:
-        if name in REGISTRY and name not in allowed:
-            raise FobbenchError(
-                f"{option}: {name} is gradcheck-only (the closed-form meta-gradient of the quadratic "
-                "tasks); choose an estimator"
-            )
-        if name not in allowed:
-            raise FobbenchError(f"{option}: unknown method '{name}' (choose from {', '.join(allowed)})")
-    return chosen

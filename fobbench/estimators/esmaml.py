@@ -7,14 +7,12 @@ which needs only function values (2S inner solves). The directions arrive as ``n
 
 from __future__ import annotations
 
-from fobbench.estimators.base import EstimatorConfig, FloorPasses, register
+from fobbench.estimators.base import EstimatorConfig, register
 from fobbench.inner import solve
 from fobbench.params import Data, LossFn, Params, add
 
 
-@register("esmaml", "Gaussian smoothing of F, antithetic (§3.4)", order="zeroth", needs_noise=True,
-          rank=50, hyperparameters=("es_samples", "es_sigma"), proximal=False,
-          floor=lambda c: FloorPasses(both=0, support=2 * c.es_samples * c.inner.steps, query=0))
+@register("esmaml")
 def esmaml(theta: Params, loss: LossFn, support: Data, query: Data, config: EstimatorConfig,
            noise: Params | None = None) -> Params:
     """Zeroth-order estimate of ∇F from 2·es_samples inner solves."""

@@ -14,8 +14,7 @@ from fobbench.estimators.base import EstimatorConfig, register
 from fobbench.params import Data, LossFn, Params, flatten, unflatten
 
 
-@register("exact", "dense-Hessian B-MAML meta-gradient, eq. (7)", order="exact", vmappable=False,
-          rank=100, hyperparameters=("exact_newton_steps",))
+@register("exact")
 def exact(theta: Params, loss: LossFn, support: Data, query: Data, config: EstimatorConfig,
           noise: Params | None = None) -> Params:
     """∇F(θ) = (I + ∇²f̂(φ*)/λ)⁻¹ ∇f(φ*), φ* = argmin f̂(φ) + λ/2‖φ − θ‖²."""

@@ -14,7 +14,7 @@ so only one solution is ever held; the per-task form keeps both and subtracts th
 
 from __future__ import annotations
 
-from fobbench.estimators.base import EstimatorConfig, FloorPasses, accumulates, nu_of, register
+from fobbench.estimators.base import EstimatorConfig, accumulates, nu_of, register
 from fobbench.inner import first_gradients, solve_displacement
 from fobbench.params import Data, LossFn, Params
 
@@ -53,9 +53,7 @@ def _difference_into(theta: Params, loss: LossFn, support: Data, query: Data, co
         del delta  # freed before the next solve: one solution alive at a time
 
 
-@register("fobmaml-forward", "−λ(φ_ν − φ_0)/ν, eq. (12)", order="first", rank=60,
-          hyperparameters=("nu",), theory_nu=1.0, theory_delta=0.5, stencil=((1.0, 1.0), (0.0, -1.0)),
-          floor=lambda c: FloorPasses(both=c.inner.steps, support=c.inner.steps - 1, query=0))
+@register("fobmaml-forward")
 def fobmaml_forward(theta: Params, loss: LossFn, support: Data, query: Data,
                     config: EstimatorConfig, noise: Params | None = None) -> Params:
     """Forward difference: bias O(λν) with an exact solve (Prop. 2)."""
@@ -69,10 +67,7 @@ def fobmaml_forward_into(theta: Params, loss: LossFn, support: Data, query: Data
     _difference_into(theta, loss, support, query, config, nu_of("fobmaml-forward", config, theta), 0.0, total)
 
 
-@register("fobmaml-sym", "−λ(φ_ν − φ_−ν)/(2ν), eq. (13)", order="first", rank=70,
-          hyperparameters=("nu",), theory_nu=2.0, theory_delta=2.0 / 3.0,
-          stencil=((1.0, 0.5), (-1.0, -0.5)),
-          floor=lambda c: FloorPasses(both=2 * c.inner.steps - 1, support=0, query=0))
+@register("fobmaml-sym")
 def fobmaml_sym(theta: Params, loss: LossFn, support: Data, query: Data,
                 config: EstimatorConfig, noise: Params | None = None) -> Params:
     """Symmetric difference: bias O(λν²) with an exact solve (Prop. 2)."""

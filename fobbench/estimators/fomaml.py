@@ -7,7 +7,7 @@ from fobbench.inner import loss_gradient, solve
 from fobbench.params import Data, LossFn, Params
 
 
-@register("fomaml", "∇f(φ_K), eq. (3)", order="first", rank=20, proximal=False)
+@register("fomaml")
 def fomaml(theta: Params, loss: LossFn, support: Data, query: Data, config: EstimatorConfig,
            noise: Params | None = None) -> Params:
     """∇f(φ_K): ignores the Jacobian of the inner solver."""

@@ -37,8 +37,7 @@ def conjugate_gradient(operator, b: Params, steps: int) -> Params:
     return x
 
 
-@register("imaml", "CG on ((1+ρ)I + ∇²f̂(φ_K)/(λ+τ)) v = ∇f(φ_K)", order="second", rank=40,
-          hyperparameters=("cg_steps", "cg_damping"), sweeps="cg_steps")
+@register("imaml")
 def imaml(theta: Params, loss: LossFn, support: Data, query: Data, config: EstimatorConfig,
           noise: Params | None = None) -> Params:
     """Implicit meta-gradient (eq. 8) at the inexact inner solution φ_K.

@@ -80,8 +80,7 @@ def adjoint(theta: Params, loss: LossFn, support: Data, query: Data, config: Est
     return {n: u[n] + direct[n] for n in theta}
 
 
-@register("maml", "backprop through the K unrolled inner steps", order="second", rank=10,
-          proximal=False)
+@register("maml")
 def maml(theta: Params, loss: LossFn, support: Data, query: Data, config: EstimatorConfig,
          noise: Params | None = None) -> Params:
     """∇_θ f(φ_K(θ)) with φ_K the inner solver's output, differentiated exactly."""

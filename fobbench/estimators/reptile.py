@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from fobbench.estimators.base import EstimatorConfig, FloorPasses, register
+from fobbench.estimators.base import EstimatorConfig, register
 from fobbench.inner import solve_displacement
 from fobbench.params import Data, LossFn, Params
 
 
-@register("reptile", "(θ − φ_K)/(Kα), eq. (4)", order="first", rank=30, proximal=False,
-          floor=lambda c: FloorPasses(both=0, support=c.inner.steps, query=0))
+@register("reptile")
 def reptile(theta: Params, loss: LossFn, support: Data, query: Data, config: EstimatorConfig,
             noise: Params | None = None) -> Params:
     """(θ − φ_K)/(Kα) = −Δ_K/(Kα), from the displacement (no cancellation against θ)."""

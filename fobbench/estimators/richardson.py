@@ -22,23 +22,19 @@ added into the meta-gradient buffer as soon as it is solved, so only one is held
 
 from __future__ import annotations
 
-from fobbench.estimators.base import EstimatorConfig, FloorPasses, accumulates, nu_of, register
+from fobbench.estimators.base import EstimatorConfig, accumulates, nu_of, register
 from fobbench.estimators.fobmaml import fold
 from fobbench.inner import solve_displacement
+from fobbench.methods import METHODS
 from fobbench.params import Data, LossFn, Params
 
 METHOD = "fobmaml-richardson"
 
-STENCIL = ((1.0, 2.0 / 3.0), (-1.0, -2.0 / 3.0), (2.0, -1.0 / 12.0), (-2.0, 1.0 / 12.0))
+STENCIL = METHODS[METHOD].stencil
 """(multiple of ν, coefficient c) with g = −λ/ν · Σ c·φ_{m·ν}; the coefficients sum to 0."""
 
 
-@register(
-    METHOD, "(4·g_sym(ν) − g_sym(2ν))/3, Richardson-extrapolated eq. (13)", order="first",
-    rank=75, hyperparameters=("nu",), theory_nu=4.0, theory_delta=0.8, stencil=STENCIL,
-    fit_nus=(1e-2, 1.5e-1), proximal=True,
-    floor=lambda c: FloorPasses(both=4 * c.inner.steps, support=0, query=0),
-)
+@register(METHOD)
 def fobmaml_richardson(theta: Params, loss: LossFn, support: Data, query: Data,
                        config: EstimatorConfig, noise: Params | None = None) -> Params:
     """−λ/ν · Σ c·Δ_{mν} over :data:`STENCIL` (Σ c = 0, so θ cancels): bias O(λν⁴) with an

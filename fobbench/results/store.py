@@ -18,14 +18,13 @@ import os
 import sys
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 
 from fobbench.errors import FobbenchError
-from fobbench.measure.environment import environment, git_state
-from fobbench.paths import check_writable_file, describe_os_error
+from fobbench.measure.environment import environment
+from fobbench.paths import check_writable_file, describe_os_error, run_stamp
 from fobbench.results.lock import WriterLock
 from fobbench.results.schema import (
     LEGACY_REPORT_HEAD,
@@ -39,12 +38,6 @@ from fobbench.results.schema import (
 )
 
 DEFAULT_ROOT = Path("results")
-
-
-def run_stamp() -> str:
-    """``<UTC timestamp>-<short commit>`` (``nogit`` outside a repository): names default outputs."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    return f"{stamp}-{git_state()[0][:7] or 'nogit'}"
 
 
 def default_path(benchmark: str, root: Path = DEFAULT_ROOT) -> Path:
