@@ -35,6 +35,9 @@ PEERS = ("higher", "torchopt", "learn2learn")
 GRADCHECK_EXPERIMENTS = ("error_vs_k", "outer_loss", "error_vs_nu", "lambda", "rates")
 """``gradcheck --experiments`` (:data:`fobbench.experiments.gradcheck.config.EXPERIMENTS`)."""
 
+GRADCHECK_DTYPES = ("float64", "float32")
+"""``gradcheck --dtype`` (the keys of :data:`fobbench.experiments.gradcheck.config.DTYPES`)."""
+
 DEFAULT_GRADCHECK_EXPERIMENTS = ("error_vs_k",)
 """``gradcheck``'s default experiments (:data:`fobbench.experiments.gradcheck.config.DEFAULT_EXPERIMENTS`)."""
 

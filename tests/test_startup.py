@@ -76,6 +76,7 @@ BAD_INPUTS = [  # (arguments, text the one-line message must hold: the option it
     (("gradcheck", "--methods", "nosuch"), "--methods"),
     (("gradcheck", "--experiments", "bogus"), "--experiments"),
     (("gradcheck", "--outer", "nosuch"), "--outer"),
+    (("gradcheck", "--dtype", "float16"), "--dtype"),
     (("gradcheck", "--resume", MISSING), "--resume"),
     (("gradcheck", "--problem", "mnist1d", "--methods", "exact"), "exact is gradcheck-only"),
     (("train", "mnist1d", "--methods", "exact"), "exact is gradcheck-only"),

@@ -251,6 +251,7 @@ def check_gradcheck(p: Values) -> None:
     chosen = methods.parse_methods(p["methods"], allow_exact=not network)
     _grid(p, "inner_steps", int)
     nu_value(p["nu"], allow_auto=True)
+    one_of(p.get("dtype", "float64"), choices.GRADCHECK_DTYPES, "--dtype")
     lam = p.get("lam")
     if lam is not None and (isinstance(lam, bool) or not (math.isfinite(lam) and lam > 0)):
         raise FobbenchError(f"--lam (λ) must be > 0 (got {lam})")

@@ -323,7 +323,11 @@ def _show_network(frame: Any) -> None:
 
 def _show_auto(frame: Any) -> None:
     """``--nu auto`` against the best fixed ν of the grid (nothing without auto rows)."""
+    from rich import box
+    from rich.table import Table
+
     from fobbench.experiments.gradcheck import summaries
+    from fobbench.progress import out
 
     table = summaries.auto_table(frame)
     if table.empty:
