@@ -56,9 +56,17 @@ def test_short_training_beats_chance_by_far(cli, tmp_path: Path) -> None:
         # 3-way: chance is 1/3; the trained model must clear it by far and beat its own start.
         assert acc[30] > 0.6, (method, acc.to_dict())
         assert acc[30] > acc[0] + 0.05, (method, acc.to_dict())
+        last = frame[(frame["method"] == method) & (frame["iteration"] == 30)].set_index("metric")
         for metric in ("eval_acc_ci95", "eval_loss", "train_loss", "wall_time", "sec_per_iter",
-                       "floor_sec", "floor_ratio"):
-            assert metric in set(frame[(frame["method"] == method) & (frame["iteration"] == 30)]["metric"])
+                       "cpu_sec_per_iter", "floor_sec", "floor_ratio"):
+            assert metric in last.index
+        # On CPU the floor and its ratio are process CPU time, the ratio of the two CPU rows;
+        # SMALL's two torch threads cannot spend more than 2× the wall time (+ a little).
+        assert (last.loc[["cpu_sec_per_iter", "floor_sec", "floor_ratio"], "measured_by"]
+                == "process_cpu_time").all()
+        ratio = last.loc["cpu_sec_per_iter", "value"] / last.loc["floor_sec", "value"]
+        assert last.loc["floor_ratio", "value"] == pytest.approx(ratio, rel=1e-12)
+        assert last.loc["cpu_sec_per_iter", "value"] <= 2.2 * last.loc["sec_per_iter", "value"] + 0.01
     held = frame[frame["metric"] == "eval_acc"]
     assert held["split"].str.contains("held-out").all()
     # The rich table and the figures beside the CSV.

@@ -29,7 +29,7 @@ import os
 import random
 import statistics
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -62,7 +62,10 @@ POINT_COLUMNS = (
 )
 """Columns of every ``train.*`` results row that define its point."""
 
-TIMING_METRICS = ("wall_time", "sec_per_iter", "grad_sec", "floor_sec", "floor_ratio")
+PROCESS_CPU = "process_cpu_time"
+"""``measured_by`` of the CPU-time speed figures (``train`` on CPU: ``time.process_time``)."""
+
+TIMING_METRICS = ("wall_time", "sec_per_iter", "cpu_sec_per_iter", "grad_sec", "floor_sec", "floor_ratio")
 """Metrics that are wall-clock measurements (differ between identical runs)."""
 
 def floor_passes(method: str, config: EstimatorConfig) -> FloorPasses:
@@ -170,7 +173,7 @@ def _sync(device: str) -> None:
 
 
 def measure_floor(loss: LossFn, theta: Params, batch: TaskBatch, passes: FloorPasses, repeats: int = 3,
-                  device: str = "cpu") -> float:
+                  device: str = "cpu", clock: Callable[[], float] = time.perf_counter) -> float:
     """Seconds of the floor's plain fwd+bwd passes over the meta-batch (median of ``repeats``).
 
     Each pass is one ``vmap(grad(...))`` call over the tasks with θ shared: of f̂ + f
@@ -198,12 +201,12 @@ def measure_floor(loss: LossFn, theta: Params, batch: TaskBatch, passes: FloorPa
     times = []
     for _ in range(max(1, repeats)):
         _sync(device)
-        start = time.perf_counter()
+        start = clock()
         for step, a, b, count in work:
             for _ in range(count):
                 step(theta, a, b)
         _sync(device)
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return float(statistics.median(times))
 
 
@@ -368,6 +371,8 @@ class _Timer:
     iter_seconds: float = 0.0  # summed over timed iterations
     grad_seconds: float = 0.0
     timed: int = 0             # timed iterations (each process skips its first: warm-up)
+    cpu_seconds: float = 0.0   # this process's CPU time over the cpu_timed iterations
+    cpu_timed: int = 0         # (0 in checkpoints written before CPU time was kept)
 
 
 def settings_of(problem: FewShotProblem, config: TrainConfig,
@@ -444,6 +449,7 @@ class _MethodRun:
         self.problem, self.config, self.method, self.seed, self.sink = problem, config, method, seed, sink
         self.ctx = ctx
         self.device = ctx.device if ctx.distributed else config.device
+        self.cpu_time = str(self.device).startswith("cpu")  # floor and floor_ratio in process CPU time
         self.est = method_config(get(method), config.estimator)
         self.point, self.settings = settings_of(problem, config, method)
         own_hash = sink.point_hash(Record(method, self.point, self.settings, seed)) if ctx.is_writer else None
@@ -495,11 +501,16 @@ class _MethodRun:
             mine = self.ctx.slice(config.meta_batch)
             batch = TaskBatch(tuple(d[mine] for d in batch.support), tuple(d[mine] for d in batch.query))
         passes = floor_passes(self.method, self.est)
+        # On CPU the floor and the ratio are in process CPU time: other processes on a shared
+        # machine slow the wall clock of the floor and of the iterations by different amounts.
+        clock = time.process_time if self.cpu_time else None
         if self.custom_loss is None:  # classification: plain nn.Module passes
             self.floor = honest_floor(self.model, batch.support, batch.query, passes,
-                                      min_run_time=0.5 * config.floor_repeats, statistic="min").seconds
+                                      min_run_time=0.5 * config.floor_repeats, statistic="min",
+                                      clock=clock).seconds
         else:  # a plugin's own loss: the vmap(grad) reference over the same passes
-            self.floor = measure_floor(self.loss, self.theta, batch, passes, config.floor_repeats, device)
+            self.floor = measure_floor(self.loss, self.theta, batch, passes, config.floor_repeats, device,
+                                       clock or time.perf_counter)
 
     def record(self, t: int) -> Record:
         """Evaluation at iteration ``t`` (no measurements when a resumed file holds it).
@@ -537,16 +548,24 @@ class _MethodRun:
             measurements += [
                 Measurement("sec_per_iter", per_iter, "s", "wall_clock"),
                 Measurement("grad_sec", timer.grad_seconds / timer.timed, "s", "wall_clock"),
-                Measurement("floor_sec", self.floor, "s", "wall_clock"),
-                Measurement("floor_ratio", per_iter / self.floor, "1", "wall_clock"),
             ]
+            if not self.cpu_time:
+                measurements += [Measurement("floor_sec", self.floor, "s", "wall_clock"),
+                                 Measurement("floor_ratio", per_iter / self.floor, "1", "wall_clock")]
+            elif timer.cpu_timed:
+                cpu_per_iter = timer.cpu_seconds / timer.cpu_timed
+                measurements += [
+                    Measurement("cpu_sec_per_iter", cpu_per_iter, "s", PROCESS_CPU),
+                    Measurement("floor_sec", self.floor, "s", PROCESS_CPU),
+                    Measurement("floor_ratio", cpu_per_iter / self.floor, "1", PROCESS_CPU),
+                ]
         return replace(record, measurements=measurements, advance=0)
 
     def step(self, t: int, timed: bool) -> None:
         """Meta-iteration ``t``: sample the meta-batch, estimate, one outer step (timed unless warm-up)."""
         config, device = self.config, self.device
         _sync(device)
-        tick = time.perf_counter()
+        tick, cpu_tick = time.perf_counter(), time.process_time()
         batch = to_device(self.problem.sample("train", config.meta_batch, stream(self.seed, "train", t)),
                           device)
         estimate = dd.meta_gradient_on(
@@ -561,6 +580,8 @@ class _MethodRun:
             self.timer.iter_seconds += time.perf_counter() - tick
             self.timer.grad_seconds += estimate.seconds
             self.timer.timed += 1
+            self.timer.cpu_seconds += time.process_time() - cpu_tick
+            self.timer.cpu_timed += 1
 
     def checkpoint(self, t: int) -> None:
         """Save θ, optimizer, RNG states and timers after iteration ``t`` (atomic rename; rank 0 only)."""

@@ -19,6 +19,7 @@ the same.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -73,15 +74,17 @@ def plain_pass(model: nn.Module, x: Tensor, y: Tensor) -> None:
 
 
 def honest_floor(model: nn.Module, support: Data, query: Data, passes: FloorPasses,
-                 min_run_time: float = 0.5, statistic: str = "median") -> Floor:
+                 min_run_time: float = 0.5, statistic: str = "median",
+                 clock: Callable[[], float] | None = None) -> Floor:
     """The honest floor of a method with ``passes`` on this meta-batch (see module docstring).
 
     Each pass kind the method needs is timed with :func:`~fobbench.measure.timing.time_call`;
     the floor is the count-weighted sum of the per-pass ``statistic`` over the timer's blocks:
     ``median`` (default; ``speed`` sets it against medians) or ``min`` (the fastest the passes
     ran: a lower bound that a short burst of load on a shared machine cannot raise, which
-    ``train`` uses against its mean over many iterations). ``model``'s ``.grad`` fields are
-    cleared afterwards.
+    ``train`` uses against its mean over many iterations). ``clock`` as for
+    :func:`~fobbench.measure.timing.time_call` (``train`` on CPU: process CPU time). ``model``'s
+    ``.grad`` fields are cleared afterwards.
     """
     pick = {"median": lambda t: t.median, "min": lambda t: min(t.times)}[statistic]
     inputs = pass_inputs(support, query)
@@ -90,7 +93,8 @@ def honest_floor(model: nn.Module, support: Data, query: Data, passes: FloorPass
         for kind, count in passes._asdict().items():
             if count > 0:
                 x, y = inputs[kind]
-                per_pass[kind] = pick(time_call(lambda x=x, y=y: plain_pass(model, x, y), min_run_time))
+                per_pass[kind] = pick(time_call(lambda x=x, y=y: plain_pass(model, x, y), min_run_time,
+                                                clock=clock))
     finally:
         for p in model.parameters():
             p.grad = None

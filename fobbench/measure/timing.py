@@ -37,7 +37,8 @@ class Timing:
     calls: int
 
 
-def time_call(fn: Callable[[], object], min_run_time: float = 1.0, sync: bool = False) -> Timing:
+def time_call(fn: Callable[[], object], min_run_time: float = 1.0, sync: bool = False,
+              clock: Callable[[], float] | None = None) -> Timing:
     """Time ``fn()`` with ``torch.utils.benchmark.Timer.blocked_autorange``.
 
     Args:
@@ -45,9 +46,13 @@ def time_call(fn: Callable[[], object], min_run_time: float = 1.0, sync: bool = 
         min_run_time: seconds to spend timing at least (default 1.0); blocks are sized by
             the timer so that each lasts ~0.2 s or one call, whichever is longer.
         sync: synchronise CUDA around blocks (``Timer`` does this itself on CUDA tensors).
+        clock: the timer's clock (seconds); default wall clock. ``time.process_time`` times
+            the CPU this process spent, which other processes on a shared machine do not
+            inflate (``train``'s floor on CPU; meaningless for asynchronous CUDA work).
     """
     del sync  # Timer synchronises CUDA itself when torch.cuda is initialised
-    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    kwargs = {} if clock is None else {"timer": clock}
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads(), **kwargs)
     measurement = timer.blocked_autorange(min_run_time=min_run_time)
     times = tuple(float(t) for t in measurement.times)
     return Timing(float(measurement.median), float(measurement.iqr), times,

@@ -132,6 +132,7 @@ METRICS: dict[str, MetricRule] = {
     "sec_per_iter": MetricRule(LOWER, NOISY),
     "wall_time": MetricRule(LOWER, NOISY),
     "grad_sec": MetricRule(LOWER, NOISY),
+    "cpu_sec_per_iter": MetricRule(LOWER, NOISY),
     "floor_sec": MetricRule(LOWER, NOISY),
     "floor_ratio": MetricRule(LOWER, NOISY),
     "seconds_median": MetricRule(LOWER, NOISY),
