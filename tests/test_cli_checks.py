@@ -75,7 +75,7 @@ def test_the_vocabularies_are_the_ones_the_heavy_modules_use() -> None:
     assert tuple(peers.PEERS) == choices.PEERS
     assert choices.GRADCHECK_EXPERIMENTS == config.EXPERIMENTS
     assert choices.DEFAULT_GRADCHECK_EXPERIMENTS == config.DEFAULT_EXPERIMENTS
-    assert choices.GRADCHECK_DTYPES == tuple(config.DTYPES)
+    assert tuple(config.DTYPES) == choices.GRADCHECK_DTYPES
     assert choices.OMNIGLOT_SPLITS == omniglot.SPLIT_NAMES
     assert choices.DIST_BACKENDS == distributed.BACKENDS
 
