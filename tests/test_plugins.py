@@ -109,3 +109,61 @@ def test_bad_plugin_is_one_line_exit_2_nothing_written(cli, blobs: Path, args: t
     assert len(lines) == 1 and expected in lines[0], err
     assert "--problem" in lines[0] or "--model" in lines[0]
     assert not out.exists()
+
+
+GC_ARGS = ("gradcheck", "--problem", "blobs:problem", "--tasks", "1", "--inner-steps", "1,5",
+           "--methods", "fobmaml-sym,fomaml", "--nu-grid", "1e-3,1e-2,1e-1", "--no-plot", "--quiet")
+
+
+def _rel_errors(folder: Path) -> dict[tuple[str, str, float], float]:
+    from fobbench.results import read_results
+
+    values = {}
+    for name in ("network_error_vs_k", "network_error_vs_nu"):
+        frame = read_results(folder / f"{name}.csv")
+        frame = frame[frame["metric"] == "rel_error"]
+        x = "inner_steps" if name == "network_error_vs_k" else "nu"
+        values.update({(name, m, float(v)): e for m, v, e in zip(frame["method"], frame[x], frame["value"],
+                                                                 strict=True)})
+    return values
+
+
+def test_gradcheck_problem_resume_skips_finished_points_and_remeasures_a_torn_tail(
+        cli, blobs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fobbench.experiments.gradcheck import network
+
+    code, _, err = cli(*GC_ARGS, "--out", "gc")
+    assert code == 0, err
+    full = _rel_errors(blobs / "gc")
+    assert len(full) == 2 * 2 + 3  # (sym, fomaml) × K, sym × ν
+    calls = {"meta_gradient": 0, "implicit_gradient": 0, "second_route": 0, "newton_cg": 0}
+
+    def counted(name: str):  # noqa: ANN202
+        original = getattr(network, name)
+
+        def wrapper(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            calls[name] += 1
+            return original(*args, **kwargs)
+
+        return wrapper
+
+    for name in calls:
+        monkeypatch.setattr(network, name, counted(name))
+    # Nothing missing: nothing is solved or estimated again, and no row is added.
+    before = {p.name: p.read_bytes() for p in (blobs / "gc").glob("*.csv")}
+    code, _, err = cli(*GC_ARGS, "--resume", "gc")
+    assert code == 0, err
+    assert calls == {"meta_gradient": 0, "implicit_gradient": 0, "second_route": 0, "newton_cg": 0}
+    assert {p.name: p.read_bytes() for p in (blobs / "gc").glob("*.csv")} == before
+    # A torn last point of the ν sweep (an interrupted write): only that point is measured again.
+    nu_csv = blobs / "gc" / "network_error_vs_nu.csv"
+    nu_csv.write_bytes(nu_csv.read_bytes()[:-40])
+    code, _, err = cli(*GC_ARGS, "--resume", "gc")
+    assert code == 0, err
+    assert calls["meta_gradient"] == 0 and calls["second_route"] == 0
+    assert calls["implicit_gradient"] == 1  # the truth the re-measured point needs
+    assert calls["newton_cg"] == 2  # φ_ν and φ_−ν of one ν, one task
+    resumed = _rel_errors(blobs / "gc")
+    assert resumed.keys() == full.keys()
+    for key, value in full.items():
+        assert resumed[key] == pytest.approx(value, rel=1e-12), key
