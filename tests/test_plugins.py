@@ -167,3 +167,39 @@ def test_gradcheck_problem_resume_skips_finished_points_and_remeasures_a_torn_ta
     assert resumed.keys() == full.keys()
     for key, value in full.items():
         assert resumed[key] == pytest.approx(value, rel=1e-12), key
+
+
+def test_builtin_memory_models_and_problems_take_the_plugin_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fobbench.cli import train as train_cli
+    from fobbench.experiments import memory
+    from fobbench.models.convnet import ConvNet, convnet_tasks
+
+    seen: list[str] = []
+    original = plugins.load
+
+    def load(group: str, spec: str):  # noqa: ANN202
+        seen.append(f"{group}:{spec}")
+        return original(group, spec)
+
+    monkeypatch.setattr(plugins, "load", load)
+    settings = memory.MemorySettings(arch="convnet", depth=3, ways=4, batch=2, image=8, seed=5)
+    work = memory.build(settings, {"channels": 6}, "cpu")
+    assert seen == [f"{plugins.MODELS}:convnet"]
+    # the registered factory received the sweep's settings: same model and tasks as built directly
+    torch.manual_seed(5)
+    direct = ConvNet(6, 3, 1, 4)
+    support, _ = convnet_tasks(1, 2, 4, 1, 8, torch.Generator().manual_seed(5))
+    for (name, p), (_, q) in zip(work.model.named_parameters(), direct.named_parameters(), strict=True):
+        assert torch.equal(p, q), name
+    assert torch.equal(work.support[0], support[0])
+    transformer = memory.build(memory.MemorySettings(arch="transformer", heads=2, ffn=16),
+                               {"d_model": 8, "seq": 5}, "meta")
+    assert seen[-1] == f"{plugins.MODELS}:transformer" and transformer.has_attention
+    assert transformer.support[0].shape[-2:] == (5, 8)
+    asked: list[tuple[str, dict[str, object]]] = []
+    monkeypatch.setattr(plugins, "problem", lambda spec, options=None: asked.append((spec, dict(options))))
+    train_cli.mnist1d_problem({"ways": 3, "shots": 2, "queries": 2, "num_samples": 120})
+    train_cli.omniglot_problem({"data_dir": None, "ways": 5, "shots": 1, "queries": 3, "split": "maml",
+                                "image_size": 28, "quiet": True})
+    assert [spec for spec, _ in asked] == ["mnist1d", "omniglot"]
+    assert asked[0][1]["num_samples"] == 120 and asked[1][1]["queries"] == 3
