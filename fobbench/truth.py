@@ -138,7 +138,7 @@ def newton_cg(fn: TaskFunctions, v: float, lam: float, tol: float = 1e-10, max_i
               start: Vec | None = None) -> InnerSolution:
     """Newton–CG on P_v from θ (or ``start``) until ‖∇P_v‖ ≤ ``tol``.
 
-    Inexact Newton directions (CG to a relative residual min(0.1, ‖∇‖)), a step accepted
+    Inexact Newton directions (CG to a relative residual min(0.1, max(‖∇‖, 0.1·tol/‖∇‖))), a step accepted
     when it lowers ‖∇‖ or P (backtracking otherwise); a direction of negative curvature is
     recorded and CG's iterate so far is used.
 
@@ -158,7 +158,10 @@ def newton_cg(fn: TaskFunctions, v: float, lam: float, tol: float = 1e-10, max_i
         if g_norm <= tol or stalled >= STALL_STEPS:
             it -= 1
             break
-        cg = conjugate_gradient(fn.objective_hvp(phi, v, lam), -g, min(0.1, g_norm), 2 * n)
+        # Forcing term: min(0.1, ‖∇‖) for quadratic convergence, but never more accurate than the
+        # target needs (0.1·tol/‖∇‖): near the rounding floor a CG to ~‖∇‖ costs up to 2n HVPs.
+        forcing = min(0.1, max(g_norm, 0.1 * tol / g_norm))
+        cg = conjugate_gradient(fn.objective_hvp(phi, v, lam), -g, forcing, 2 * n)
         negative |= cg.negative_curvature
         d = cg.x if float(cg.x.norm()) > 0 else -g / lam
         value = fn.objective(phi, v, lam)
