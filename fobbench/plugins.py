@@ -7,8 +7,10 @@ Two kinds of plugin, each a *factory* (a callable) found by name:
     (optionally) a loss. Options the factory's signature accepts are passed by keyword
     (``ways``, ``shots``, ``queries``, ``activation``, ``pool``... as the command has them).
 ``--model NAME|package.module:factory``  (``memory``)
-    ``factory(size)`` returns a :class:`MemoryCase` (or a ``(model, tasks)`` pair): a model
-    and a batch of tasks at the swept size (width, depth, channels, sequence length...).
+    ``factory(size, **options)`` returns a :class:`MemoryCase` (or a ``(model, tasks)`` pair):
+    a model and a batch of tasks at the swept size (width, depth, channels, sequence length...).
+    Options the factory's signature names are passed by keyword (``seed``, ``tasks``, ``batch``,
+    ``ways``, ``depth``... as ``memory`` has them); ``size`` alone is enough.
 
 A NAME is an entry point of the group ``fobbench.problems`` / ``fobbench.models``
 (``importlib.metadata``; a package registers one in its ``pyproject.toml``). The built-in
@@ -77,15 +79,18 @@ class MemoryCase(NamedTuple):
         model: the network.
         tasks: a :class:`TaskBatch` (leading task axis).
         loss: ``loss(model) -> LossFn``; None: cross-entropy (as :class:`Problem`).
+        attention: True when the model calls ``scaled_dot_product_attention``: ``memory`` then
+            records which attention kernel ran (default False).
     """
 
     model: nn.Module
     tasks: TaskBatch
     loss: Callable[[nn.Module], LossFn] | None = None
+    attention: bool = False
 
 
-MemoryModel = Callable[[int], "MemoryCase | tuple[nn.Module, TaskBatch]"]
-"""``factory(size) -> MemoryCase`` (or ``(model, tasks)``): the memory plugin protocol."""
+MemoryModel = Callable[..., "MemoryCase | tuple[nn.Module, TaskBatch]"]
+"""``factory(size, **options) -> MemoryCase`` (or ``(model, tasks)``): the memory plugin protocol."""
 
 
 def _option(group: str) -> str:
@@ -216,16 +221,22 @@ def describe(made: object) -> dict[str, object]:
     return dict(fn()) if callable(fn) else {"problem": getattr(made, "name", "plugin")}
 
 
-def memory_model(spec: str) -> Callable[[int], MemoryCase]:
-    """The memory factory of ``spec``, wrapped to return a checked :class:`MemoryCase`."""
+def memory_model(spec: str, options: Mapping[str, Any] | None = None) -> Callable[[int], MemoryCase]:
+    """The memory factory of ``spec``, wrapped to return a checked :class:`MemoryCase`.
+
+    ``options`` (``memory``'s settings and the point's other sizes) are passed by keyword to the
+    factory where its signature names them (all of them if it takes ``**kwargs``).
+    """
     factory = load(MODELS, spec)
     label = f"--model '{spec}'"
+    kwargs = _accepted(factory, {k: v for k, v in (options or {}).items() if v is not None})
 
     def build(size: int) -> MemoryCase:
-        made = _call(label, f"factory({size})", lambda: factory(size))
+        made = _call(label, f"factory({size})", lambda: factory(size, **kwargs))
+        if isinstance(made, MemoryCase) and isinstance(made.model, nn.Module):
+            return made._replace(tasks=check_tasks(label, made.tasks))
         if isinstance(made, tuple) and len(made) in (2, 3) and isinstance(made[0], nn.Module):
-            case = MemoryCase(made[0], check_tasks(label, made[1]), made[2] if len(made) == 3 else None)
-            return case
+            return MemoryCase(made[0], check_tasks(label, made[1]), made[2] if len(made) == 3 else None)
         raise PluginError(f"{label}: factory({size}) must return MemoryCase(model, tasks) or (model, tasks), "
                           f"got {type(made).__name__}")
 

@@ -130,25 +130,38 @@ class InnerSolution:
     negative_curvature: bool
 
 
+STALL_STEPS = 3
+"""Accepted Newton steps in a row without measurable progress after which :func:`newton_cg` stops."""
+
+
 def newton_cg(fn: TaskFunctions, v: float, lam: float, tol: float = 1e-10, max_iter: int = 50,
               start: Vec | None = None) -> InnerSolution:
     """Newton–CG on P_v from θ (or ``start``) until ‖∇P_v‖ ≤ ``tol``.
 
-    Inexact Newton directions (CG to a relative residual min(0.1, ‖∇‖)), a step accepted
+    Inexact Newton directions (CG to a relative residual min(0.1, max(‖∇‖, 0.1·tol/‖∇‖))), a step accepted
     when it lowers ‖∇‖ or P (backtracking otherwise); a direction of negative curvature is
     recorded and CG's iterate so far is used.
+
+    It also stops, unconverged, at the rounding floor: after :data:`STALL_STEPS` accepted steps
+    in a row that neither halved ‖∇‖ nor lowered P by more than 4 ulp of |P| (no measurable
+    progress: each would otherwise cost a CG solve to a relative residual near ‖∇‖, i.e. up
+    to 2n HVPs, for nothing). The residual reached is returned either way.
     """
     phi = (fn.theta if start is None else start).clone()
     n = phi.numel()
     g = fn.objective_grad(phi, v, lam)
     g_norm = float(g.norm())
     negative = False
+    stalled = 0
     it = 0
     for it in range(1, max_iter + 1):  # noqa: B007 (reported)
-        if g_norm <= tol:
+        if g_norm <= tol or stalled >= STALL_STEPS:
             it -= 1
             break
-        cg = conjugate_gradient(fn.objective_hvp(phi, v, lam), -g, min(0.1, g_norm), 2 * n)
+        # Forcing term: min(0.1, ‖∇‖) for quadratic convergence, but never more accurate than the
+        # target needs (0.1·tol/‖∇‖): near the rounding floor a CG to ~‖∇‖ costs up to 2n HVPs.
+        forcing = min(0.1, max(g_norm, 0.1 * tol / g_norm))
+        cg = conjugate_gradient(fn.objective_hvp(phi, v, lam), -g, forcing, 2 * n)
         negative |= cg.negative_curvature
         d = cg.x if float(cg.x.norm()) > 0 else -g / lam
         value = fn.objective(phi, v, lam)
@@ -164,9 +177,15 @@ def newton_cg(fn: TaskFunctions, v: float, lam: float, tol: float = 1e-10, max_i
             step *= 0.5
         if not accepted:
             break
+        halved = float(g_trial.norm()) <= 0.5 * g_norm
+        stalled = 0 if halved or value - fn.objective(trial, v, lam) > 4 * _ULP * abs(value) else stalled + 1
         phi, g = trial, g_trial
         g_norm = float(g.norm())
     return InnerSolution(phi, g_norm, it, g_norm <= tol, negative)
+
+
+_ULP = 2.0**-52
+"""float64 machine epsilon (spacing of doubles near 1)."""
 
 
 def lanczos_extremes(apply: Callable[[Vec], Vec], n: int, steps: int = 60, dtype: torch.dtype = torch.float64,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import torch
 from torch import nn
 
 from fobbench import truth
+from fobbench.experiments.gradcheck import summaries
 from fobbench.params import classification_loss
 
 
@@ -52,3 +54,49 @@ def test_nonconvex_inner_problem_is_reported_not_answered() -> None:
     result = truth.implicit_gradient(truth.TaskFunctions(loss, theta, data, data), lam=1.0)
     assert result.status == truth.STATUS_NONCONVEX
     assert result.grad is None and result.lambda_min < 0
+
+
+def test_newton_stops_at_the_rounding_floor_instead_of_running_on() -> None:
+    fn = _task(nn.Tanh)
+    # ‖∇‖ ≤ 1e-30 is below float64's reach: Newton must stop after a few steps without
+    # progress, unconverged, with the residual it reached at the rounding floor.
+    result = truth.newton_cg(fn, 0.0, 1.0, tol=1e-30, max_iter=50)
+    assert not result.converged
+    assert result.grad_norm <= 1e-13
+    assert result.iterations <= 15
+
+
+def test_first_order_warm_start_solves_a_perturbed_problem_in_two_newton_steps() -> None:
+    fn = _task(nn.Tanh)
+    exact = truth.implicit_gradient(fn, lam=1.0)
+    nu = 1e-3
+    cold = truth.newton_cg(fn, nu, 1.0, tol=1e-13, start=exact.phi)
+    warm = truth.newton_cg(fn, nu, 1.0, tol=1e-13, start=exact.phi - nu * exact.grad)
+    assert warm.converged and cold.converged
+    assert warm.iterations <= 2 and warm.iterations < cold.iterations
+    assert float((warm.phi - cold.phi).norm()) <= 1e-12
+
+
+def _nu_frame(errors: dict[float, float], floor: float) -> pd.DataFrame:
+    rows = []
+    for nu, error in errors.items():
+        for metric, value in (("rel_error", error), ("floor", floor)):
+            rows.append({"benchmark": "gradcheck.network_error_vs_nu", "method": "fobmaml-richardson",
+                         "nu": nu, "metric": metric, "value": value})
+    return pd.DataFrame(rows)
+
+
+def test_nu_slope_is_fitted_only_above_the_estimated_floor() -> None:
+    nus = [1e-3 * 10 ** (i / 4) for i in range(9)]
+    # bias 1e-2·(ν/0.1)⁴ down to a rounding floor of 2e-9, under its estimated bound 5e-10 × 10
+    errors = {nu: max(1e-2 * (nu / 0.1) ** 4, 2e-9) for nu in nus}
+    (fit,) = summaries.network_slopes(_nu_frame(errors, 5e-10))
+    assert fit.kept == 7 and fit.total == 9
+    assert abs(fit.fit.slope - 4.0) < 1e-6
+    assert fit.span == "0.0032..0.1"
+    # fitted through the floor, the same points give a misleading slope
+    assert summaries.network_slopes(_nu_frame(errors, 0.0))[0].fit.slope < 3.7
+    # everything within 10× of the floor: no slope, said so
+    flat = {nu: 5e-10 for nu in nus}
+    notes = summaries.network_notes(_nu_frame(flat, 1e-10))
+    assert any("no range above the floor" in line for line in notes), notes

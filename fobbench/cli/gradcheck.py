@@ -136,7 +136,7 @@ def gradcheck(
     es_sigma: Annotated[float, typer.Option("--es-sigma", help=hyperparameter_help("es_sigma"))] = 0.01,
     dim: Annotated[int, typer.Option("--dim", help="Meta-parameter dimension d.")] = 20,
     tasks: Annotated[int | None, typer.Option(
-        "--tasks", help="Number of tasks M (default 10 quadratics; 4 with --problem).")] = None,
+        "--tasks", help="Number of tasks M (default 10 quadratics; 2 with --problem).")] = None,
     problem: Annotated[str | None, typer.Option(
         "--problem", help="Measure on a real network instead of quadratics: a registered problem "
         f"({', '.join(plugins.names(plugins.PROBLEMS))}) or package.module:factory.")] = None,

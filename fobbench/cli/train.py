@@ -206,21 +206,23 @@ def carry_out(p: Mapping[str, Any], benchmark: str, problem: Callable[[Mapping[s
 
 
 def mnist1d_problem(p: Mapping[str, Any]) -> FewShotProblem:
-    """MNIST-1D tasks of the requested shape (data generated offline and cached)."""
-    from fobbench.problems.mnist1d import MNIST1DProblem
+    """MNIST-1D tasks of the requested shape (data generated offline and cached): the registered
+    problem ``mnist1d``, resolved like any plugin (name → factory → protocol check)."""
+    from fobbench import plugins
 
-    return MNIST1DProblem(ways=p["ways"], shots=p["shots"], queries=p["queries"],
-                          num_samples=p["num_samples"])
+    options = {"ways": p["ways"], "shots": p["shots"], "queries": p["queries"],
+               "num_samples": p["num_samples"]}
+    return plugins.problem("mnist1d", options)  # type: ignore[return-value]
 
 
 def omniglot_problem(p: Mapping[str, Any]) -> FewShotProblem:
-    """Omniglot tasks of the requested shape and split, from the local data folder."""
-    try:
-        from fobbench.problems.omniglot import OmniglotProblem
-    except ImportError as error:
-        raise FobbenchError(f"the Omniglot problem is not available in this installation ({error})") from None
-    return OmniglotProblem(data_dir=p["data_dir"], ways=p["ways"], shots=p["shots"], queries=p["queries"],
-                           split=p["split"], image_size=p["image_size"], quiet=p["quiet"])
+    """Omniglot tasks of the requested shape and split, from the local data folder: the
+    registered problem ``omniglot``, resolved like any plugin."""
+    from fobbench import plugins
+
+    options = {"data_dir": p["data_dir"], "ways": p["ways"], "shots": p["shots"], "queries": p["queries"],
+               "split": p["split"], "image_size": p["image_size"], "quiet": p["quiet"]}
+    return plugins.problem("omniglot", options)  # type: ignore[return-value]
 
 
 MNIST1D = (*SHARED, opt("num_samples", int, 12_000,

@@ -32,14 +32,7 @@ from fobbench.inner import InnerConfig
 from fobbench.measure.estimate import CpuSdpaOnMeta
 from fobbench.measure.memory import BACKENDS, MIB, PeakMemory, limit_bytes, measure_cpu, measure_estimate
 from fobbench.meta_optim import apply, make_outer
-from fobbench.models.convnet import ConvNet, convnet_tasks
-from fobbench.models.transformer import (
-    SDPA_MODES,
-    TransformerClassifier,
-    observed_sdpa_kernel,
-    sdpa_context,
-    sequence_tasks,
-)
+from fobbench.models.transformer import SDPA_MODES, observed_sdpa_kernel, sdpa_context
 from fobbench.params import Data, LossFn, classification_loss
 from fobbench.results import Measurement
 
@@ -218,61 +211,45 @@ class Workload:
         return [*self.model.parameters(), *self.model.buffers(), *self.support, *self.query]
 
 
+SIZE_ARGUMENT = {"convnet": "channels", "transformer": "seq", "plugin": "size"}
+"""The point size each architecture's memory plugin takes as its ``size`` argument; the point's
+other sizes (the Transformer's ``d_model``) are passed by keyword."""
+
+
+def plugin_options(settings: MemorySettings, point: dict[str, int]) -> dict[str, object]:
+    """Keyword options of the memory plugin at ``point``: the point's other sizes and the
+    settings a model or its tasks depend on (the factory receives those it names)."""
+    others = {k: v for k, v in point.items() if k != SIZE_ARGUMENT[settings.arch]}
+    return {**others, "depth": settings.depth, "ways": settings.ways, "tasks": settings.tasks,
+            "batch": settings.batch, "heads": settings.heads, "ffn": settings.ffn, "image": settings.image,
+            "in_channels": settings.in_channels, "seed": settings.seed}
+
+
 def build(settings: MemorySettings, point: dict[str, int], device: str) -> Workload:
     """Model and tasks of ``point`` on ``device`` (``meta`` for estimates), seeded by the settings.
 
-    The model is initialised on CPU from ``settings.seed`` and moved, so every backend sees the
-    same parameters; on ``meta`` nothing is allocated (the data are empty meta tensors).
+    Every architecture, the built-in ``convnet`` and ``transformer`` included, is a memory plugin
+    resolved by name (:func:`fobbench.plugins.memory_model`; ``--model`` for others). The model
+    is initialised on CPU from ``settings.seed`` and moved, so every backend sees the same
+    parameters; on ``meta`` nothing is allocated (the data are empty meta tensors).
     """
-    generator = torch.Generator().manual_seed(settings.seed)
-    if settings.arch == "plugin":
-        from fobbench import plugins
+    from fobbench import plugins
 
-        factory = plugins.memory_model(str(settings.model))
-        if device == "meta":
-            with torch.device("meta"):
-                case = factory(point["size"])
-        else:
-            torch.manual_seed(settings.seed)
-            case = factory(point["size"])
-            moved = type(case.tasks)(tuple(t.to(device) for t in case.tasks.support),
-                                     tuple(t.to(device) for t in case.tasks.query))
-            case = case._replace(model=case.model.to(device), tasks=moved)
-        loss = None if case.loss is None else case.loss(case.model)
-        return Workload(case.model, case.tasks.support, case.tasks.query, False, loss)
-    if settings.arch == "transformer":
-        settings.check([point])
-        d_model, seq = point["d_model"], point["seq"]
-
-        def make_model() -> nn.Module:
-            return TransformerClassifier(d_model, settings.heads, settings.ffn, settings.depth, settings.ways)
-
-        def make_tasks() -> tuple[Data, Data]:
-            return sequence_tasks(settings.tasks, settings.batch, settings.ways, seq, d_model, generator)
-
-        attention = True
-    else:
-        channels = point["channels"]
-
-        def make_model() -> nn.Module:
-            return ConvNet(channels, settings.depth, settings.in_channels, settings.ways)
-
-        def make_tasks() -> tuple[Data, Data]:
-            return convnet_tasks(settings.tasks, settings.batch, settings.ways, settings.in_channels,
-                                 settings.image, generator)
-
-        attention = False
+    settings.check([point])
+    spec = str(settings.model) if settings.arch == "plugin" else settings.arch
+    factory = plugins.memory_model(spec, plugin_options(settings, point))
+    size = point[SIZE_ARGUMENT[settings.arch]]
     if device == "meta":
         with torch.device("meta"):
-            model = make_model()
-            support, query = make_tasks()
+            case = factory(size)
     else:
         torch.manual_seed(settings.seed)
-        model = make_model().to(device)
-        support, query = make_tasks()
-        support = tuple(t.to(device) for t in support)
-        query = tuple(t.to(device) for t in query)
-    return Workload(model, support, query, attention)
+        case = factory(size)
+        moved = type(case.tasks)(tuple(t.to(device) for t in case.tasks.support),
+                                 tuple(t.to(device) for t in case.tasks.query))
+        case = case._replace(model=case.model.to(device), tasks=moved)
+    loss = None if case.loss is None else case.loss(case.model)
+    return Workload(case.model, case.tasks.support, case.tasks.query, case.attention, loss)
 
 
 def make_update(settings: MemorySettings, method: str, work: Workload) -> Callable[[], None]:

@@ -287,6 +287,12 @@ def _network(frame: pd.DataFrame, out_dir: Path, fmt: str, name: str, x: str, xl
         fig, ax = plt.subplots(figsize=(6.4, 4.6))
         for label, group in _lines(mine, tuple(k for k in SPLIT if k != x)):
             _band(ax, aggregate(group, [x]), x, label)
+        floors = _rows(frame, f"gradcheck.{name}", "floor")
+        floors = floors[floors["problem"] == problem] if not floors.empty else floors
+        if not floors.empty:  # the estimated error floor (tolerance, rounding, truth): below it, no bias
+            worst = floors.groupby(x)["value"].max()
+            ax.plot(worst.index, worst.values, color="0.5", linestyle=":", linewidth=1.0,
+                    label="estimated floor (max over methods)")
         ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel="‖g − ∇F‖ / ‖∇F‖",
                title=f"{problem}: meta-gradient error vs {xlabel.split(' ')[-1]} (float64 implicit truth)")
         ax.grid(True, which="both", alpha=0.3)

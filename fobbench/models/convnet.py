@@ -74,10 +74,15 @@ def convnet_tasks(tasks: int, batch: int, ways: int, in_channels: int, image: in
     return one_set(), one_set()
 
 
-def memory_model(size: int):  # noqa: ANN201 (returns fobbench.plugins.MemoryCase)
-    """The ``convnet`` memory plugin: ``size`` channels, 4 blocks, one task of 4+4 16×16 images."""
+def memory_model(size: int, depth: int = 4, ways: int = 5, tasks: int = 1, batch: int = 4, image: int = 16,
+                 in_channels: int = 1, seed: int = 0):  # noqa: ANN201 (returns fobbench.plugins.MemoryCase)
+    """The ``convnet`` memory plugin (``memory --arch convnet`` resolves to it): a ConvNet of
+    ``size`` channels and ``depth`` blocks (model from the global torch RNG) and ``tasks``
+    tasks of ``batch`` + ``batch`` Gaussian ``image``² images (from a generator seeded ``seed``)."""
     from fobbench.plugins import MemoryCase
     from fobbench.problems.base import TaskBatch
 
-    support, query = convnet_tasks(1, 4, 5, 1, 16, torch.Generator().manual_seed(0))
-    return MemoryCase(ConvNet(size, 4, 1, 5), TaskBatch(support, query))
+    model = ConvNet(size, depth, in_channels, ways)
+    generator = torch.Generator().manual_seed(seed)
+    support, query = convnet_tasks(tasks, batch, ways, in_channels, image, generator)
+    return MemoryCase(model, TaskBatch(support, query))

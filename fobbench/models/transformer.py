@@ -158,10 +158,15 @@ def observed_sdpa_kernel(model: nn.Module, x: Tensor) -> str:
     return "+".join(seen) or "math"
 
 
-def memory_model(size: int):  # noqa: ANN201 (returns fobbench.plugins.MemoryCase)
-    """The ``transformer`` memory plugin: sequence length ``size`` at d_model 128, one block."""
+def memory_model(size: int, d_model: int = 128, heads: int = 8, ffn: int = 512, depth: int = 1, ways: int = 5,
+                 tasks: int = 1, batch: int = 4, seed: int = 0):  # noqa: ANN201 (returns fobbench.plugins.MemoryCase)
+    """The ``transformer`` memory plugin (``memory --arch transformer`` resolves to it): sequence
+    length ``size``; ``depth`` blocks of width ``d_model`` with ``heads`` heads and ``ffn`` hidden
+    units (model from the global torch RNG); ``tasks`` tasks of ``batch`` + ``batch`` random
+    sequences (from a generator seeded ``seed``)."""
     from fobbench.plugins import MemoryCase
     from fobbench.problems.base import TaskBatch
 
-    support, query = sequence_tasks(1, 4, 5, size, 128, torch.Generator().manual_seed(0))
-    return MemoryCase(TransformerClassifier(128, 8, 512, 1, 5), TaskBatch(support, query))
+    model = TransformerClassifier(d_model, heads, ffn, depth, ways)
+    support, query = sequence_tasks(tasks, batch, ways, size, d_model, torch.Generator().manual_seed(seed))
+    return MemoryCase(model, TaskBatch(support, query), attention=True)

@@ -121,6 +121,7 @@ METRICS: dict[str, MetricRule] = {
     "route2_lambda_min": MetricRule(EITHER),
     "route_agreement": MetricRule(LOWER),
     "perturbed_residual": MetricRule(LOWER),
+    "floor": MetricRule(LOWER),
     # memory: kind follows measured_by (CPU tracker and estimates are exact counts)
     "peak_bytes": MetricRule(LOWER),
     "peak_mib": MetricRule(LOWER),

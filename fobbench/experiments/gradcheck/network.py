@@ -12,19 +12,26 @@ is recorded. Three CSVs in one folder:
 ``network_error_vs_k``   per method (iMAML per CG count) and K: relative error and cosine to
                          the truth, the inner residual δ = mean ‖φ_K − φ*‖ of the K-step solve.
 ``network_error_vs_nu``  FO-B-MAML's stencils on converged (Newton) perturbed solutions
-                         against ν: the bias alone (Prop. 2: slope 1 forward, 2 symmetric).
+                         against ν: the bias alone (Prop. 2: slope 1 forward, 2 symmetric,
+                         4 Richardson), with each point's estimated error ``floor`` (solve
+                         residuals, rounding, the truth's own error: :func:`stencil_floor`).
+                         The perturbed solves of one ν are shared by every stencil
+                         (:class:`PerturbedSolves`).
 
 Tasks whose truth is not ``ok`` are left out of the averages (``tasks_ok`` says how many
 remain); with none left, the rows carry the status and the measured residuals, no error.
+A resumed run (``--resume``) skips the points its files already hold (a torn last point is
+measured again) and solves the truths only if some point still needs them.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -39,9 +46,20 @@ from fobbench.experiments.runner import Output, Record, Sink, Tick
 from fobbench.inner import InnerConfig, solve
 from fobbench.params import Data, flatten, unflatten
 from fobbench.results import Measurement
-from fobbench.truth import STATUS_OK, TaskFunctions, Truth, conjugate_gradient, implicit_gradient, newton_cg
+from fobbench.truth import (
+    STATUS_NOT_CONVERGED,
+    STATUS_OK,
+    InnerSolution,
+    TaskFunctions,
+    Truth,
+    conjugate_gradient,
+    implicit_gradient,
+    newton_cg,
+)
 
 SMOOTH = ("tanh", "softplus", "gelu")
+EPS = 2.0**-52
+"""float64 machine epsilon: the rounding of a stored solution, relative to its norm."""
 OUTPUTS = {
     "network_truth": Output("network_truth", "gradcheck.network_truth", ("problem", "task", "lam"),
                             ("status", "route2", "params")),
@@ -70,7 +88,8 @@ class NetworkConfig:
         nu_grid: ν of the ν sweep (default 1e-3..1e-1, 9 points).
         lam: λ (default 50: the randomly initialised BatchNorm networks have Hessian eigenvalues
             near −40 at θ, so λ = 2 gives a nonconvex inner problem there).
-        tasks: tasks averaged (default 4).
+        tasks: tasks averaged (default 2: keeps the default run near a minute and a half on one
+            core; the per-task truths, ν slopes and K table do not need more).
         inner_lr: GD step α of the estimators (default 0.8/λ_max(∇²f̂(φ*) + λI), max over tasks).
         tol, cg_tol: the truth's inner and linear tolerances (1e-10 each).
         check_tasks: tasks whose truth is recomputed by the second route (default 1).
@@ -88,7 +107,7 @@ class NetworkConfig:
     nu: float | str = 0.01
     nu_grid: tuple[float, ...] = field(default_factory=lambda: rate_grid(1e-3, 1e-1))
     lam: float = 50.0
-    tasks: int = 4
+    tasks: int = 2
     cg_steps: tuple[int, ...] = (2, 5)
     es_samples: int = 16
     es_sigma: float = 0.01
@@ -139,7 +158,8 @@ def _cosine(a: Tensor, b: Tensor) -> float:
 
 
 class Setup:
-    """One seed's network, tasks and per-task truths."""
+    """One seed's network, tasks and per-task truths (computed on first use, so that a resumed
+    run whose points are all on disk solves nothing)."""
 
     def __init__(self, config: NetworkConfig, made: object, seed: int) -> None:
         self.config = config
@@ -154,23 +174,40 @@ class Setup:
         self.name = str(getattr(made, "name", config.problem))
         self.functions = [TaskFunctions(self.loss, self.theta, tuple(t[i] for t in self.support),
                                         tuple(t[i] for t in self.query)) for i in range(config.tasks)]
-        self.truths: list[Truth] = []
         self.seconds: list[float] = []
-        for fn in self.functions:
-            start = time.perf_counter()
-            self.truths.append(implicit_gradient(fn, config.lam, config.tol, config.cg_tol))
-            self.seconds.append(time.perf_counter() - start)
-        self.ok = [i for i, t in enumerate(self.truths) if t.status == STATUS_OK]
-        self.truth = (torch.stack([self.truths[i].grad for i in self.ok]).mean(0)  # type: ignore[misc]
-                      if self.ok else None)
         self.est_loss, self.est_theta, self.est_cast = self.loss, self.theta, lambda data: data
         dtype = DTYPES[config.dtype]
-        if dtype != torch.float64:  # the estimators' copy in --dtype; the truth above stays float64
+        if dtype != torch.float64:  # the estimators' copy in --dtype; the truth stays float64
             self.est_loss = plugins.problem_loss(made, copy.deepcopy(self.model).to(dtype))
             self.est_theta = {n: p.to(dtype) for n, p in self.theta.items()}
             self.est_cast = lambda data: tuple(t.to(dtype) if t.is_floating_point() else t for t in data)
+
+    @functools.cached_property
+    def truths(self) -> list[Truth]:
+        """Each task's truth (Newton–CG + CG), timed into :attr:`seconds`."""
+        truths = []
+        for fn in self.functions:
+            start = time.perf_counter()
+            truths.append(implicit_gradient(fn, self.config.lam, self.config.tol, self.config.cg_tol))
+            self.seconds.append(time.perf_counter() - start)
+        return truths
+
+    @property
+    def ok(self) -> list[int]:
+        """Tasks whose truth is ``ok`` (the only ones averaged)."""
+        return [i for i, t in enumerate(self.truths) if t.status == STATUS_OK]
+
+    @functools.cached_property
+    def truth(self) -> Tensor | None:
+        """The mean truth over the ``ok`` tasks (None when there is none)."""
+        ok = self.ok
+        return torch.stack([self.truths[i].grad for i in ok]).mean(0) if ok else None  # type: ignore[misc]
+
+    @functools.cached_property
+    def inner_lr(self) -> float:
+        """The estimators' GD step: ``--inner-lr``, else 0.8/λ_max(∇²f̂(φ*) + λI) (max over tasks)."""
         highs = [t.lambda_max for t in self.truths if math.isfinite(t.lambda_max)]
-        self.inner_lr = config.inner_lr or (0.8 / max(highs) if highs else 1e-3)
+        return self.config.inner_lr or (0.8 / max(highs) if highs else 1e-3)
 
     def status(self) -> str:
         """``ok`` when some task's truth is ok, else the first task's status."""
@@ -182,6 +219,10 @@ class Setup:
         return [Measurement("truth_inner_residual", max(t.inner_residual for t in used), "1", "newton_cg"),
                 Measurement("truth_cg_residual", max(t.cg_residual for t in used), "1", "cg_relative"),
                 Measurement("truth_lambda_min", min(t.lambda_min for t in used), "1", "lanczos")]
+
+
+Done = Callable[[str, dict[str, object], str], bool]
+"""``done(method, point, output)``: True when a resumed file already holds the point."""
 
 
 def second_route(fn: TaskFunctions, truth: Truth, config: NetworkConfig) -> tuple[str, list[Measurement]]:
@@ -215,10 +256,15 @@ def second_route(fn: TaskFunctions, truth: Truth, config: NetworkConfig) -> tupl
     return route, rows
 
 
-def truth_rows(setup: Setup) -> Iterator[Record]:
+def truth_rows(setup: Setup, done: Done) -> Iterator[Record]:
     config = setup.config
     n = setup.functions[0].theta.numel()
-    for i, (fn, truth) in enumerate(zip(setup.functions, setup.truths, strict=True)):
+    for i, fn in enumerate(setup.functions):
+        point = {"problem": setup.name, "task": i, "lam": config.lam}
+        if done("truth", point, "network_truth"):
+            yield Record("truth", point, output="network_truth")
+            continue
+        truth = setup.truths[i]
         rows = [Measurement("inner_residual", truth.inner_residual, "1", "newton_cg"),
                 Measurement("cg_residual", truth.cg_residual, "1", "cg_relative"),
                 Measurement("lambda_min", truth.lambda_min, "1", "lanczos"),
@@ -230,35 +276,43 @@ def truth_rows(setup: Setup) -> Iterator[Record]:
         if i < config.check_tasks:
             route, extra = second_route(fn, truth, config)
             rows += extra
-        yield Record("truth", {"problem": setup.name, "task": i, "lam": config.lam}, measurements=rows,
-                     info={"status": truth.status, "route2": route, "params": n}, output="network_truth")
+        info = {"status": truth.status, "route2": route, "params": n}
+        yield Record("truth", point, measurements=rows, info=info, output="network_truth")
 
 
 def _variants(config: NetworkConfig, method: str) -> list[int | str]:
     return list(config.cg_steps) if get(method).sweeps == "cg_steps" else [""]
 
 
-def k_rows(setup: Setup) -> Iterator[Record]:
+def k_rows(setup: Setup, done: Done) -> Iterator[Record]:
     config = setup.config
-    ok = setup.ok
     deltas: dict[int, float] = {}
-    for k in config.ks:
-        inner = InnerConfig(steps=k, lr=setup.inner_lr, lam=config.lam)
-        values = []
-        for i in ok:
-            fn = setup.functions[i]
-            phi = solve(setup.theta, setup.loss, fn.support, fn.query, 0.0, inner)
-            values.append(float((flatten(phi) - setup.truths[i].phi).norm()))
-        deltas[k] = sum(values) / len(values) if values else float("nan")
-    support, query = setup.est_cast(_task(setup.support, ok)), setup.est_cast(_task(setup.query, ok))
+
+    def delta(k: int) -> float:
+        """δ = mean ‖φ_K − φ*‖ over the ok tasks of K GD steps (computed once per K)."""
+        if k not in deltas:
+            inner = InnerConfig(steps=k, lr=setup.inner_lr, lam=config.lam)
+            values = []
+            for i in setup.ok:
+                fn = setup.functions[i]
+                phi = flatten(solve(setup.theta, setup.loss, fn.support, fn.query, 0.0, inner))
+                values.append(float((phi - setup.truths[i].phi).norm()))
+            deltas[k] = sum(values) / len(values) if values else float("nan")
+        return deltas[k]
+
     for method in config.methods:
         # --nu auto: ν-methods also run at every fixed ν of the grid, for the comparison
         nus = [config.nu, *config.nu_grid] if config.nu == AUTO and get(method).uses_nu else [config.nu]
         for variant, nu, k in itertools.product(_variants(config, method), nus, config.ks):
             point = {"problem": setup.name, "inner_steps": k, "cg_steps": variant, "nu": nu,
                      "lam": config.lam}
+            if done(method, point, "network_error_vs_k"):
+                yield Record(method, point, output="network_error_vs_k")
+                continue
             rows = setup.residuals()
             if setup.truth is not None:
+                ok = setup.ok
+                support, query = setup.est_cast(_task(setup.support, ok)), setup.est_cast(_task(setup.query, ok))
                 estimator = EstimatorConfig(inner=InnerConfig(steps=k, lr=setup.inner_lr, lam=config.lam),
                                             nu=nu, cg_steps=variant or config.cg_steps[-1],
                                             es_samples=config.es_samples, es_sigma=config.es_sigma)
@@ -272,49 +326,110 @@ def k_rows(setup: Setup) -> Iterator[Record]:
                         if nu == AUTO and result.nu is not None else [])
                 rows = [Measurement("rel_error", rel, "1", "implicit_truth"),
                         Measurement("cosine", _cosine(grad, setup.truth), "1", "implicit_truth"),
-                        Measurement("delta", deltas[k], "1", "distance_to_phi_star"),
+                        Measurement("delta", delta(k), "1", "distance_to_phi_star"),
                         Measurement("seconds", seconds, "s", "wall_clock"), *used, *rows]
-            yield Record(method, point, measurements=rows, output="network_error_vs_k",
-                         info={"status": setup.status(), "tasks_ok": len(ok), "inner_lr": setup.inner_lr})
+            info = {"status": setup.status(), "tasks_ok": len(setup.ok), "inner_lr": setup.inner_lr}
+            yield Record(method, point, measurements=rows, output="network_error_vs_k", info=info)
 
 
-def nu_rows(setup: Setup) -> Iterator[Record]:
+def _nu_methods(config: NetworkConfig) -> list[str]:
+    """Methods of the ν sweep: those with a stencil of perturbed solutions that use ν."""
+    return [m for m in config.methods if get(m).stencil is not None and get(m).uses_nu]
+
+
+class PerturbedSolves:
+    """Converged perturbed solutions φ_v (v = m·ν) of one ν, each solved once per task and shared
+    by every stencil that needs it (forward, symmetric and Richardson share φ_ν and φ_−ν).
+
+    Each solve is Newton–CG warm-started at the first-order prediction φ* − v·g/λ (g the task's
+    truth: dφ_v/dv = −(∇²f̂(φ*) + λI)⁻¹∇f(φ*) = −g/λ at v = 0), so its first residual is O(v²)
+    and one or two Newton steps finish it. It runs to ‖∇P_v‖ ≤ tol·ν (the error a residual r
+    adds to the stencil is ~λ·r/(ν·λ_min), so this keeps it ν-independent) or until Newton
+    stalls at the rounding floor; it counts as converged at ‖∇P_v‖ ≤ tol.
+    """
+
+    def __init__(self, setup: Setup, nu: float) -> None:
+        self.setup, self.nu = setup, nu
+        self.solved: dict[tuple[int, float], InnerSolution] = {}
+
+    def phi(self, task: int, multiple: float) -> tuple[Tensor, float]:
+        """(φ_{m·ν} of ``task``, its residual ‖∇P‖); φ* itself for m = 0."""
+        truth = self.setup.truths[task]
+        if multiple == 0.0:
+            return truth.phi, truth.inner_residual
+        key = (task, multiple)
+        if key not in self.solved:
+            config, v = self.setup.config, multiple * self.nu
+            start = truth.phi - (v / config.lam) * truth.grad  # type: ignore[operator]
+            self.solved[key] = newton_cg(self.setup.functions[task], v, config.lam, tol=config.tol * self.nu,
+                                         start=start)
+        sol = self.solved[key]
+        return sol.phi, sol.grad_norm
+
+
+def stencil_floor(setup: Setup, solves: PerturbedSolves, method: str) -> float:
+    """Estimated relative error floor of ``method``'s stencil at this ν (no bias term).
+
+    Per task, each solution φ_m enters with weight |c|·λ/ν and carries an error of at most its
+    residual over the smallest eigenvalue of ∇²P (‖∇P_m‖/λ_min) plus float64 rounding
+    (ε‖φ_m‖, ε = 2⁻⁵²); the bounds are averaged over tasks (as the estimate is), divided by
+    ‖∇F‖, and the truth's own error is added (κ·cg_residual, κ = λ_max/λ_min, worst task).
+    Errors below a few times this are rounding and tolerance, not bias: the ν slope fits leave
+    them out (:func:`fobbench.experiments.gradcheck.summaries.network_slopes`).
+    """
+    config, nu = setup.config, solves.nu
+    bounds, truth_error = [], 0.0
+    for i in setup.ok:
+        truth = setup.truths[i]
+        total = 0.0
+        for multiple, coefficient in get(method).stencil or ():
+            phi, residual = solves.phi(i, multiple)
+            total += abs(coefficient) * (residual / truth.lambda_min + EPS * float(phi.norm()))
+        bounds.append(config.lam / nu * total)
+        truth_error = max(truth_error, truth.lambda_max / truth.lambda_min * truth.cg_residual)
+    return sum(bounds) / len(bounds) / float(setup.truth.norm()) + truth_error  # type: ignore[union-attr]
+
+
+def nu_rows(setup: Setup, done: Done) -> Iterator[Record]:
     config = setup.config
-    for method in config.methods:
-        stencil = get(method).stencil
-        if stencil is None or not get(method).uses_nu:
-            continue
-        for nu in config.nu_grid:
+    methods = _nu_methods(config)
+    for nu in config.nu_grid:
+        solves: PerturbedSolves | None = None
+        for method in methods:
             point = {"problem": setup.name, "solver": "newton", "nu": nu, "lam": config.lam}
+            if done(method, point, "network_error_vs_nu"):
+                yield Record(method, point, output="network_error_vs_nu")
+                continue
             rows = setup.residuals()
             status = setup.status()
             if setup.truth is not None:
+                start = time.perf_counter()
+                solves = solves or PerturbedSolves(setup, nu)
                 grads, worst = [], 0.0
                 for i in setup.ok:
-                    fn, truth = setup.functions[i], setup.truths[i]
+                    fn = setup.functions[i]
                     total = torch.zeros_like(fn.theta)
-                    for multiple, coefficient in stencil:
-                        if multiple == 0.0:
-                            phi = truth.phi
-                        else:
-                            sol = newton_cg(fn, multiple * nu, config.lam, tol=config.tol, start=truth.phi)
-                            worst = max(worst, sol.grad_norm)
-                            phi = sol.phi
-                            if not sol.converged:
-                                status = "not_converged"
+                    for multiple, coefficient in get(method).stencil or ():
+                        phi, residual = solves.phi(i, multiple)
+                        if multiple != 0.0:
+                            worst = max(worst, residual)
                         total = total + coefficient * (phi - fn.theta)
                     grads.append(-config.lam / nu * total)
+                if worst > config.tol:
+                    status = STATUS_NOT_CONVERGED
                 grad = torch.stack(grads).mean(0)
                 rows = [Measurement("rel_error", float((grad - setup.truth).norm() / setup.truth.norm()), "1",
                                     "implicit_truth"),
                         Measurement("cosine", _cosine(grad, setup.truth), "1", "implicit_truth"),
-                        Measurement("perturbed_residual", worst, "1", "newton_cg"), *rows]
+                        Measurement("perturbed_residual", worst, "1", "newton_cg"),
+                        Measurement("floor", stencil_floor(setup, solves, method), "1", "error_bound"),
+                        Measurement("seconds", time.perf_counter() - start, "s", "wall_clock"), *rows]
             yield Record(method, point, measurements=rows, output="network_error_vs_nu",
                          info={"status": status, "tasks_ok": len(setup.ok)})
 
 
 def _nu_count(config: NetworkConfig) -> int:
-    return sum(len(config.nu_grid) for m in config.methods if get(m).stencil is not None and get(m).uses_nu)
+    return len(config.nu_grid) * len(_nu_methods(config))
 
 
 @dataclass(frozen=True)
@@ -334,13 +449,22 @@ class NetworkRun:
         return len(c.seeds) * (c.tasks + ks + _nu_count(c))
 
     def records(self, sink: Sink) -> Iterator[Record | Tick]:
+        """Every point of each seed; points a resumed file already holds are skipped (not
+        recomputed), and the truths are solved only when some point still needs them."""
         made = self.made if self.made is not None else plugins.problem(self.config.problem,
                                                                          self.config.options())
+        outputs = self.outputs()
         for seed in self.config.seeds:
             yield Tick(0, "truth (Newton–CG, float64)")
             setup = Setup(self.config, made, seed)
             settings = {**self.config.settings(), "problem_settings": plugins.describe(made)}
-            for row in itertools.chain(truth_rows(setup), k_rows(setup), nu_rows(setup)):
+
+            def done(method: str, point: dict[str, object], output: str, seed: int = seed,
+                     settings: dict[str, object] = settings) -> bool:
+                return bool(sink.resuming) and any(o.name == output for o in outputs) and sink.done(
+                    Record(method, point, settings, seed, output=output))
+
+            for row in itertools.chain(truth_rows(setup, done), k_rows(setup, done), nu_rows(setup, done)):
                 yield Record(row.method, row.point, settings, seed, row.measurements, row.info, row.output)
 
 

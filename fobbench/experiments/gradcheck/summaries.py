@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from fobbench.estimators import REGISTRY, rank_of
+
+if TYPE_CHECKING:
+    from fobbench.stats import Fit
 
 
 def method_label(method: str, cg_steps: object) -> str:
@@ -159,21 +164,60 @@ def network_tables(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     return tables
 
 
-def network_slopes(frame: pd.DataFrame) -> list[tuple[str, object, float]]:
-    """(method, Fit, theory slope) of log error against log ν, per method of the ν sweep."""
+FLOOR_FACTOR = 10.0
+"""A ν point enters a slope fit only when its error is at least this many times its estimated
+floor (the ``floor`` metric: solve tolerance, rounding and the truth's own error)."""
+
+
+@dataclass(frozen=True)
+class NetworkSlope:
+    """One method's fit of log error against log ν on the points above the floor.
+
+    Attributes:
+        method: the estimator.
+        fit: the fit (NaN fields with fewer than three points above the floor).
+        theory: Prop. 2's slope, or None.
+        kept, total: ν points above ``FLOOR_FACTOR`` × floor, and all ν points.
+        span: ``low..high`` of the ν fitted ("" when none).
+        floor: the largest estimated floor over the ν points.
+    """
+
+    method: str
+    fit: Fit
+    theory: float | None
+    kept: int
+    total: int
+    span: str
+    floor: float
+
+
+def network_slopes(frame: pd.DataFrame) -> list[NetworkSlope]:
+    """Per method of the ν sweep, the log-log slope of its error against ν, fitted only where the
+    error is at least :data:`FLOOR_FACTOR` times its estimated floor (rows without a ``floor``
+    metric, written before it existed, are all used): below that the error is tolerance and
+    rounding, whose slope says nothing about the bias order."""
     from fobbench.stats import fit_slope
 
-    rows = _network(frame, "network_error_vs_nu", "rel_error")
+    rows = _network(frame, "network_error_vs_nu")
+    errors = rows[rows["metric"] == "rel_error"]
+    floors = rows[rows["metric"] == "floor"]
     fits = []
-    for method in sorted(dict.fromkeys(rows["method"]), key=rank_of):
-        mine = rows[rows["method"] == method].groupby("nu")["value"].mean()
+    for method in sorted(dict.fromkeys(errors["method"]), key=rank_of):
+        mine = errors[errors["method"] == method].groupby("nu")["value"].mean()
+        floor = floors[floors["method"] == method].groupby("nu")["value"].mean()
+        floor = floor.reindex(mine.index).fillna(0.0)
+        keep = mine >= FLOOR_FACTOR * floor
+        xs, ys = list(mine.index[keep]), list(mine.values[keep])
         theory = REGISTRY[method].theory_nu if method in REGISTRY else None
-        fits.append((method, fit_slope(list(mine.index), list(mine.values)), theory))
+        span = f"{min(xs):.2g}..{max(xs):.2g}" if xs else ""
+        fits.append(NetworkSlope(method, fit_slope(xs, ys), theory, len(xs), len(mine), span,
+                                 float(floor.max()) if len(floor) else float("nan")))
     return fits
 
 
 def network_notes(frame: pd.DataFrame) -> list[str]:
-    """One line per ν slope against theory, and how many tasks had a trustworthy truth."""
+    """One line per ν slope against theory (with the ν range fitted above the floor), and how
+    many tasks had a trustworthy truth."""
     lines = []
     truth = _network(frame, "network_truth")
     if not truth.empty:
@@ -184,7 +228,12 @@ def network_notes(frame: pd.DataFrame) -> list[str]:
         agree = truth[truth["metric"] == "route_agreement"]["value"]
         if not agree.empty:
             lines.append(f"truth by two routes: relative difference ≤ {agree.max():.1e}")
-    for method, fit, theory in network_slopes(frame):
-        lines.append(f"slope of bias vs ν, {method}: {fit.slope:.3f} [{fit.lo:.2f}, {fit.hi:.2f}]"
-                     + (f" (theory {theory:g})" if theory is not None else ""))
+    for s in network_slopes(frame):
+        theory = f" (theory {s.theory:g})" if s.theory is not None else ""
+        if s.kept < 3:
+            lines.append(f"slope of bias vs ν, {s.method}: no range above the floor ({s.kept} of {s.total} ν "
+                         f"points ≥ {FLOOR_FACTOR:g}× the estimated floor ≤ {s.floor:.1e}; 3 needed){theory}")
+            continue
+        lines.append(f"slope of bias vs ν, {s.method}: {s.fit.slope:.3f} [{s.fit.lo:.2f}, {s.fit.hi:.2f}] "
+                     f"on ν {s.span} ({s.kept} of {s.total} points ≥ {FLOOR_FACTOR:g}× floor){theory}")
     return lines
