@@ -312,7 +312,8 @@ def k_rows(setup: Setup, done: Done) -> Iterator[Record]:
             rows = setup.residuals()
             if setup.truth is not None:
                 ok = setup.ok
-                support, query = setup.est_cast(_task(setup.support, ok)), setup.est_cast(_task(setup.query, ok))
+                support = setup.est_cast(_task(setup.support, ok))
+                query = setup.est_cast(_task(setup.query, ok))
                 estimator = EstimatorConfig(inner=InnerConfig(steps=k, lr=setup.inner_lr, lam=config.lam),
                                             nu=nu, cg_steps=variant or config.cg_steps[-1],
                                             es_samples=config.es_samples, es_sigma=config.es_sigma)
