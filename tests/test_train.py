@@ -345,3 +345,29 @@ def test_two_torchrun_ranks_train_exactly_as_one_process_and_resume_with_one(cli
         y = experiment.load_checkpoint(tmp_path / f"{name}-checkpoints" / "fobmaml-sym-seed0.pt")
         assert y["iteration"] == 4
         assert all(torch.equal(x["theta"][k], y["theta"][k]) for k in x["theta"]), name
+
+
+def test_floor_samples_between_iterations_leave_training_unchanged(cli, tmp_path: Path, monkeypatch) -> None:
+    """The floor re-measured between iterations (every one here: ⌈4/20⌉ = 1) is timed over the
+    run and changes nothing that is trained: same accuracies and losses as with no samples."""
+    from fobbench.experiments import train as train_module
+
+    calls: list[int] = []
+    real = train_module._MethodRun.sample_floor
+
+    def counted(self) -> None:
+        calls.append(1)
+        real(self)
+
+    common = ("--methods", "fobmaml-sym", "--meta-batch", "3", "--eval-every", "4", "--eval-tasks", "6",
+              "--iterations", "4", "--no-plot", *SMALL)
+    monkeypatch.setattr(train_module._MethodRun, "sample_floor", counted)
+    assert cli("train", "mnist1d", *common, "--out", str(tmp_path / "sampled.csv"))[0] == 0
+    assert len(calls) == 3  # the timed iterations 2..4 (iteration 1 warms up)
+    monkeypatch.setattr(train_module._MethodRun, "sample_floor", lambda self: None)
+    assert cli("train", "mnist1d", *common, "--out", str(tmp_path / "bare.csv"))[0] == 0
+    sampled, bare = read_results(tmp_path / "sampled.csv"), read_results(tmp_path / "bare.csv")
+    for metric in ("eval_acc", "eval_loss", "train_acc", "train_loss"):
+        assert _values(sampled, "fobmaml-sym", metric).tolist() == _values(bare, "fobmaml-sym", metric).tolist()
+    last = sampled[(sampled["iteration"] == 4)].set_index("metric")["value"]
+    assert last["floor_sec"] > 0 and last["floor_ratio"] == pytest.approx(last["cpu_sec_per_iter"] / last["floor_sec"])

@@ -43,7 +43,7 @@ from fobbench.estimators import BATCHING, EstimatorConfig, FloorPasses, get, met
 from fobbench.estimators.nu_rule import AUTO
 from fobbench.experiments.runner import Output, Record, Sink, Tick
 from fobbench.inner import solve
-from fobbench.measure.floor import honest_floor
+from fobbench.measure.floor import honest_floor, pass_inputs, plain_pass
 from fobbench.meta_optim import OUTER, apply, make_outer
 from fobbench.params import Data, LossFn, Params, classification_loss, detached
 from fobbench.plugins import problem_loss
@@ -64,6 +64,11 @@ POINT_COLUMNS = (
 
 PROCESS_CPU = "process_cpu_time"
 """``measured_by`` of the CPU-time speed figures (``train`` on CPU: ``time.process_time``)."""
+
+FLOOR_SAMPLES = 20
+"""About how many times a run re-measures its floor between iterations (classification
+problems): one execution of the floor's passes every ⌈iterations/20⌉ timed iterations, ~1.5 s
+of a 50-iteration MNIST-1D run."""
 
 TIMING_METRICS = ("wall_time", "sec_per_iter", "cpu_sec_per_iter", "grad_sec", "floor_sec", "floor_ratio")
 """Metrics that are wall-clock measurements (differ between identical runs)."""
@@ -97,8 +102,10 @@ class TrainConfig:
             adapts ``meta_batch`` tasks at a time).
         batching: ``vmap`` (default) or ``loop`` (one task at a time: least memory).
         device: ``cpu`` or ``cuda``.
-        floor_repeats: length of the floor measurement in half-seconds per pass kind
-            (fastest of the ``torch.utils.benchmark`` blocks; default 3).
+        floor_repeats: length of the up-front floor measurement in half-seconds per pass kind
+            (fastest of the ``torch.utils.benchmark`` blocks; default 3). Classification runs
+            replace it by the mean of the samples taken between iterations
+            (:meth:`_MethodRun.sample_floor`) once they have one.
     """
 
     methods: tuple[str, ...] = ("fobmaml-sym",)
@@ -373,6 +380,8 @@ class _Timer:
     timed: int = 0             # timed iterations (each process skips its first: warm-up)
     cpu_seconds: float = 0.0   # this process's CPU time over the cpu_timed iterations
     cpu_timed: int = 0         # (0 in checkpoints written before CPU time was kept)
+    floor_seconds: float = 0.0  # floor samples taken between timed iterations (their clock)
+    floor_samples: int = 0
 
 
 def settings_of(problem: FewShotProblem, config: TrainConfig,
@@ -465,6 +474,8 @@ class _MethodRun:
         self.timer = _Timer()
         self.path = checkpoint_path(checkpoints, method, seed)
         self.floor = 0.0
+        self.floor_work: list[tuple[int, Tensor, Tensor]] = []  # (count, x, y) of each floor pass kind
+        self.floor_every = max(1, math.ceil(config.iterations / FLOOR_SAMPLES))
         # The ν of the last outer step (`--nu auto`'s choice included); None for methods without ν.
         self.nu_used: float | None = get(method).nu(self.est, next(iter(self.theta.values())).dtype)
 
@@ -508,6 +519,8 @@ class _MethodRun:
             self.floor = honest_floor(self.model, batch.support, batch.query, passes,
                                       min_run_time=0.5 * config.floor_repeats, statistic="min",
                                       clock=clock).seconds
+            self.floor_work = [(count, *pass_inputs(batch.support, batch.query)[kind])
+                               for kind, count in passes._asdict().items() if count > 0]
         else:  # a plugin's own loss: the vmap(grad) reference over the same passes
             self.floor = measure_floor(self.loss, self.theta, batch, passes, config.floor_repeats, device,
                                        clock or time.perf_counter)
@@ -545,19 +558,20 @@ class _MethodRun:
                                             "auto_rule" if self.est.nu == AUTO else "fixed"))
         if timer.timed:
             per_iter = timer.iter_seconds / timer.timed
+            floor = timer.floor_seconds / timer.floor_samples if timer.floor_samples else self.floor
             measurements += [
                 Measurement("sec_per_iter", per_iter, "s", "wall_clock"),
                 Measurement("grad_sec", timer.grad_seconds / timer.timed, "s", "wall_clock"),
             ]
             if not self.cpu_time:
-                measurements += [Measurement("floor_sec", self.floor, "s", "wall_clock"),
-                                 Measurement("floor_ratio", per_iter / self.floor, "1", "wall_clock")]
+                measurements += [Measurement("floor_sec", floor, "s", "wall_clock"),
+                                 Measurement("floor_ratio", per_iter / floor, "1", "wall_clock")]
             elif timer.cpu_timed:
                 cpu_per_iter = timer.cpu_seconds / timer.cpu_timed
                 measurements += [
                     Measurement("cpu_sec_per_iter", cpu_per_iter, "s", PROCESS_CPU),
-                    Measurement("floor_sec", self.floor, "s", PROCESS_CPU),
-                    Measurement("floor_ratio", cpu_per_iter / self.floor, "1", PROCESS_CPU),
+                    Measurement("floor_sec", floor, "s", PROCESS_CPU),
+                    Measurement("floor_ratio", cpu_per_iter / floor, "1", PROCESS_CPU),
                 ]
         return replace(record, measurements=measurements, advance=0)
 
@@ -582,6 +596,29 @@ class _MethodRun:
             self.timer.timed += 1
             self.timer.cpu_seconds += time.process_time() - cpu_tick
             self.timer.cpu_timed += 1
+            if self.floor_work and self.timer.timed % self.floor_every == 1 % self.floor_every:
+                self.sample_floor()
+
+    def sample_floor(self) -> None:
+        """One execution of the floor's plain passes, timed into the run's floor samples.
+
+        Interleaved with the iterations so that the floor and the iterations are timed over the
+        same stretch of the run: a shared machine's speed drifts (the up-front floor of three
+        identical idle runs read 0.12, 0.18, 0.17 s), and a floor taken once at the start moved
+        the ratio with it. The global RNG is left as it was, so training is unchanged.
+        """
+        clock = time.process_time if self.cpu_time else time.perf_counter
+        with torch.random.fork_rng(devices=[]):
+            _sync(self.device)
+            start = clock()
+            for count, x, y in self.floor_work:
+                for _ in range(count):
+                    plain_pass(self.model, x, y)
+            _sync(self.device)
+            self.timer.floor_seconds += clock() - start
+        self.timer.floor_samples += 1
+        for p in self.model.parameters():
+            p.grad = None
 
     def checkpoint(self, t: int) -> None:
         """Save θ, optimizer, RNG states and timers after iteration ``t`` (atomic rename; rank 0 only)."""
