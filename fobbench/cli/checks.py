@@ -119,11 +119,17 @@ def figure_format(p: Values) -> None:
         raise FobbenchError(f"--format: '{fmt}' is not one of {', '.join(choices.FIGURE_FORMATS)}")
 
 
-def results_file(p: Values, out_key: str = "out_file") -> None:
-    """``--out FILE`` / ``--resume FILE``: not both; a resumed file exists; either can be written."""
+def _out_or_resume(p: Values, out_key: str) -> tuple[Any, Any]:
+    """(``--out``, ``--resume``) values; an error when both are given."""
     out, resume = p.get(out_key), p.get("resume")
     if out is not None and resume is not None:
         raise FobbenchError("give either --out or --resume, not both")
+    return out, resume
+
+
+def results_file(p: Values, out_key: str = "out_file") -> None:
+    """``--out FILE`` / ``--resume FILE``: not both; a resumed file exists; either can be written."""
+    out, resume = _out_or_resume(p, out_key)
     if resume is not None:
         path = Path(resume)
         check_writable_file(path, "--resume")
@@ -135,9 +141,7 @@ def results_file(p: Values, out_key: str = "out_file") -> None:
 
 def results_folder(p: Values, out_key: str = "out_dir") -> None:
     """``--out DIR`` / ``--resume DIR`` of a command writing one CSV per output into a folder."""
-    out, resume = p.get(out_key), p.get("resume")
-    if out is not None and resume is not None:
-        raise FobbenchError("give either --out or --resume, not both")
+    out, resume = _out_or_resume(p, out_key)
     if resume is not None:
         path = Path(resume)
         if path.is_file():  # one of the run's CSVs: the runner names the folder to resume

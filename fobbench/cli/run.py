@@ -88,26 +88,24 @@ def check_values(suite: suites.Suite, root: Any, points: Sequence[suites.Point],
         suites.SuiteError: ``FILE:LINE: [[run]] #N 'name': key 'options.seq': message`` at the
             first bad value.
     """
-    light = _checks()
-    for point in points:  # first every value of every point without torch (a bad one answers at once)
-        check = light.get(point.command)
+    # first every value of every point without torch (a bad one answers at once), then what only
+    # the commands' own plans can check
+    _check_each(suite, root, points, outputs, resume, _checks())
+    _check_each(suite, root, points, outputs, resume, _planners(), check_only=True)
+
+
+def _check_each(suite: suites.Suite, root: Any, points: Sequence[suites.Point], outputs: dict[int, Path],
+                resume: bool, by_command: dict[Any, Any], **kwargs: Any) -> None:
+    """Call ``by_command[point.command](values, **kwargs)`` on every point that has one; a
+    FobbenchError becomes the suite's ``FILE:LINE: [[run]] #N ...`` error."""
+    for point in points:
+        check = by_command.get(point.command)
         if check is None:
             continue
         output = outputs[point.index]
         values = suites.values(suite, root, point, output, resume=resume and output.exists())
         try:
-            check(values)
-        except FobbenchError as error:
-            raise suites.value_error(suite, point, str(error)) from None
-    planners = _planners()
-    for point in points:  # then what only the commands' own plans can check
-        planner = planners.get(point.command)
-        if planner is None:
-            continue
-        output = outputs[point.index]
-        values = suites.values(suite, root, point, output, resume=resume and output.exists())
-        try:
-            planner(values, check_only=True)
+            check(values, **kwargs)
         except FobbenchError as error:
             raise suites.value_error(suite, point, str(error)) from None
 
