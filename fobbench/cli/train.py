@@ -136,10 +136,10 @@ def _show(path: Path) -> None:
     over = ", ".join(sorted(set(table["ci_over"])))
     out.print(f"acc: held-out query accuracy after adaptation at iteration iter, ±95% interval over {over}; "
               f"early: the same at the evaluation nearest iteration {figures.SUMMARY_ITERATION}; ms/it: time "
-              "per meta-iteration without evaluation; ×floor: ms/it ÷ the plain fwd+bwd passes the method "
-              "must do "
-              "(each estimator's registered floor, e.g. 2K − 1 of support+query for FO-B-MAML-sym, "
-              "K support + 1 query for MAML); wall: seconds of the run's wall time with evaluations.")
+              "per meta-iteration without evaluation; ×floor: a meta-iteration ÷ the plain fwd+bwd passes "
+              "the method must do (each estimator's registered floor, e.g. 2K − 1 of support+query for "
+              "FO-B-MAML-sym, K support + 1 query for MAML), both timed over the same stretch of the run, "
+              "in process CPU time on CPU; wall: seconds of the run's wall time with evaluations.")
 
 
 def plan(p: Mapping[str, Any], benchmark: str, problem: Callable[[Mapping[str, Any]], FewShotProblem],
