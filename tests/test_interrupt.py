@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -63,3 +64,42 @@ def test_sigint_exits_130_naming_the_resume_command(tmp_path: Path, command: str
     assert done.stderr.strip().splitlines()[-1] == (
         f"fobbench: interrupted; continue with: fobbench {shlex.join(resumed)}")
     assert "Traceback" not in done.stderr
+
+
+class _SwallowedInterrupt:
+    """An experiment whose second point is interrupted inside a ``__del__`` (where Python cannot
+    raise the KeyboardInterrupt and only reports it as unraisable)."""
+
+    def outputs(self) -> list:
+        from fobbench.experiments import runner
+
+        return [runner.Output("", "test.interrupt", ("n",))]
+
+    def total(self) -> int:
+        return 5
+
+    def records(self, sink) -> Iterator:
+        from fobbench.experiments import runner
+        from fobbench.results import Measurement
+
+        class Dying:
+            def __del__(self) -> None:
+                raise KeyboardInterrupt
+
+        for n in range(5):
+            if n == 2:
+                Dying()  # the Ctrl-C lands in a destructor: swallowed by Python
+            yield runner.Record("fomaml", {"n": n}, seed=0,
+                                measurements=[Measurement("value", float(n), "1", "test")])
+
+
+def test_ctrl_c_swallowed_by_a_destructor_still_stops_the_run(tmp_path: Path, capsys) -> None:
+    from fobbench.experiments import runner
+    from fobbench.results import read_results
+
+    out = tmp_path / "t.csv"
+    with pytest.raises(Interrupted) as stopped:
+        runner.execute(_SwallowedInterrupt(), out, quiet=True)
+    assert stopped.value.resume == out
+    assert sorted(read_results(out)["n"]) == [0, 1, 2]  # the point in flight is written, then it stops
+    assert "Exception ignored" not in capsys.readouterr().err

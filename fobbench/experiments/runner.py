@@ -16,6 +16,8 @@ around that for every benchmark alike:
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -237,15 +239,17 @@ def execute(experiment: Experiment, path: Path, resume: bool = False, quiet: boo
     writers = _writers(outputs, Path(path), resume)
     sink = Sink(writers, resuming=resume)
     try:
-        with progress(quiet) as bar:
+        with progress(quiet) as bar, _swallowed_interrupts() as swallowed:
             task = bar.add_task(label or outputs[0].benchmark, total=experiment.total())
             for item in experiment.records(sink):
                 if isinstance(item, Tick):
                     described = {"description": item.label} if item.label else {}
                     bar.update(task, advance=item.count, **described)
-                    continue
-                sink.write(item)
-                bar.update(task, advance=item.advance)
+                else:
+                    sink.write(item)
+                    bar.update(task, advance=item.advance)
+                if swallowed:
+                    raise KeyboardInterrupt
     except KeyboardInterrupt:
         # Every finished point is on disk: say how to continue (the CLI prints it, exit 130).
         raise Interrupted(resume=Path(path)) from None
@@ -253,6 +257,33 @@ def execute(experiment: Experiment, path: Path, resume: bool = False, quiet: boo
         for writer in writers.values():
             writer.close()
     return RunFiles({o.name: sink.path(o.name) for o in outputs}, frozenset(sink.hashes))
+
+
+@contextlib.contextmanager
+def _swallowed_interrupts() -> Iterator[list[object]]:
+    """Catch the Ctrl-C that Python cannot raise.
+
+    A SIGINT that lands while a weak-reference callback or ``__del__`` runs (the CPU memory
+    tracker releases storages from weakref callbacks all the time) raises KeyboardInterrupt
+    inside that callback, where Python only prints "Exception ignored … Traceback" and carries
+    on. While this context is active, such an interrupt is recorded in the yielded list, silently,
+    and :func:`execute` stops at the next record or tick as for any Ctrl-C. Other unraisable
+    exceptions go to the previous hook.
+    """
+    swallowed: list[object] = []
+    previous = sys.unraisablehook
+
+    def hook(unraisable: sys.UnraisableHookArgs) -> None:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            swallowed.append(unraisable.object)
+        else:
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield swallowed
+    finally:
+        sys.unraisablehook = previous
 
 
 @dataclass(frozen=True)
