@@ -27,7 +27,6 @@ import hashlib
 import math
 import os
 import random
-import statistics
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -43,7 +42,7 @@ from fobbench.estimators import BATCHING, EstimatorConfig, FloorPasses, get, met
 from fobbench.estimators.nu_rule import AUTO
 from fobbench.experiments.runner import Output, Record, Sink, Tick
 from fobbench.inner import solve
-from fobbench.measure.floor import honest_floor, pass_inputs, plain_pass
+from fobbench.measure.floor import floor_work, honest_floor, run_floor_work, vmap_floor
 from fobbench.meta_optim import OUTER, apply, make_outer
 from fobbench.params import Data, LossFn, Params, classification_loss, detached
 from fobbench.plugins import problem_loss
@@ -177,44 +176,6 @@ def to_device(batch: TaskBatch, device: str) -> TaskBatch:
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-
-
-def measure_floor(loss: LossFn, theta: Params, batch: TaskBatch, passes: FloorPasses, repeats: int = 3,
-                  device: str = "cpu", clock: Callable[[], float] = time.perf_counter) -> float:
-    """Seconds of the floor's plain fwd+bwd passes over the meta-batch (median of ``repeats``).
-
-    Each pass is one ``vmap(grad(...))`` call over the tasks with θ shared: of f̂ + f
-    (``both``), of f̂ on the support sets, or of f on the query sets; the least gradient
-    work a method doing those evaluations per task can get away with.
-    """
-    theta = detached(theta)
-
-    def joint(th: Params, support: Data, query: Data) -> Tensor:
-        return loss(th, support) + loss(th, query)
-
-    def one(th: Params, data: Data, _: Data) -> Tensor:
-        return loss(th, data)
-
-    work = [
-        (torch.func.vmap(torch.func.grad(joint), in_dims=(None, 0, 0)), batch.support, batch.query,
-         passes.both),
-        (torch.func.vmap(torch.func.grad(one), in_dims=(None, 0, 0)), batch.support, batch.support,
-         passes.support),
-        (torch.func.vmap(torch.func.grad(one), in_dims=(None, 0, 0)), batch.query, batch.query, passes.query),
-    ]
-    work = [item for item in work if item[3] > 0]
-    for step, a, b, _ in work:
-        step(theta, a, b)  # warm-up
-    times = []
-    for _ in range(max(1, repeats)):
-        _sync(device)
-        start = clock()
-        for step, a, b, count in work:
-            for _ in range(count):
-                step(theta, a, b)
-        _sync(device)
-        times.append(clock() - start)
-    return float(statistics.median(times))
 
 
 # ----------------------------------------------------------------------------------------
@@ -458,7 +419,10 @@ class _MethodRun:
         self.problem, self.config, self.method, self.seed, self.sink = problem, config, method, seed, sink
         self.ctx = ctx
         self.device = ctx.device if ctx.distributed else config.device
-        self.cpu_time = str(self.device).startswith("cpu")  # floor and floor_ratio in process CPU time
+        # On CPU the floor and the ratio are in process CPU time: other processes on a shared
+        # machine slow the wall clock of the floor and of the iterations by different amounts.
+        self.cpu_time = str(self.device).startswith("cpu")
+        self.clock: Callable[[], float] = time.process_time if self.cpu_time else time.perf_counter
         self.est = method_config(get(method), config.estimator)
         self.point, self.settings = settings_of(problem, config, method)
         own_hash = sink.point_hash(Record(method, self.point, self.settings, seed)) if ctx.is_writer else None
@@ -474,7 +438,7 @@ class _MethodRun:
         self.timer = _Timer()
         self.path = checkpoint_path(checkpoints, method, seed)
         self.floor = 0.0
-        self.floor_work: list[tuple[int, Tensor, Tensor]] = []  # (count, x, y) of each floor pass kind
+        self.floor_work: list[tuple[int, Tensor, Tensor]] = []  # see fobbench.measure.floor.floor_work
         self.floor_every = max(1, math.ceil(config.iterations / FLOOR_SAMPLES))
         # The ν of the last outer step (`--nu auto`'s choice included); None for methods without ν.
         self.nu_used: float | None = get(method).nu(self.est, next(iter(self.theta.values())).dtype)
@@ -512,18 +476,13 @@ class _MethodRun:
             mine = self.ctx.slice(config.meta_batch)
             batch = TaskBatch(tuple(d[mine] for d in batch.support), tuple(d[mine] for d in batch.query))
         passes = floor_passes(self.method, self.est)
-        # On CPU the floor and the ratio are in process CPU time: other processes on a shared
-        # machine slow the wall clock of the floor and of the iterations by different amounts.
-        clock = time.process_time if self.cpu_time else None
+        timing = {"min_run_time": 0.5 * config.floor_repeats, "statistic": "min", "clock": self.clock}
         if self.custom_loss is None:  # classification: plain nn.Module passes
-            self.floor = honest_floor(self.model, batch.support, batch.query, passes,
-                                      min_run_time=0.5 * config.floor_repeats, statistic="min",
-                                      clock=clock).seconds
-            self.floor_work = [(count, *pass_inputs(batch.support, batch.query)[kind])
-                               for kind, count in passes._asdict().items() if count > 0]
+            self.floor = honest_floor(self.model, batch.support, batch.query, passes, **timing).seconds
+            self.floor_work = floor_work(batch.support, batch.query, passes)
         else:  # a plugin's own loss: the vmap(grad) reference over the same passes
-            self.floor = measure_floor(self.loss, self.theta, batch, passes, config.floor_repeats, device,
-                                       clock or time.perf_counter)
+            self.floor = vmap_floor(self.loss, self.theta, batch.support, batch.query, passes,
+                                    **timing).seconds
 
     def record(self, t: int) -> Record:
         """Evaluation at iteration ``t`` (no measurements when a resumed file holds it).
@@ -607,18 +566,13 @@ class _MethodRun:
         identical idle runs read 0.12, 0.18, 0.17 s), and a floor taken once at the start moved
         the ratio with it. The global RNG is left as it was, so training is unchanged.
         """
-        clock = time.process_time if self.cpu_time else time.perf_counter
         with torch.random.fork_rng(devices=[]):
             _sync(self.device)
-            start = clock()
-            for count, x, y in self.floor_work:
-                for _ in range(count):
-                    plain_pass(self.model, x, y)
+            start = self.clock()
+            run_floor_work(self.model, self.floor_work)
             _sync(self.device)
-            self.timer.floor_seconds += clock() - start
+            self.timer.floor_seconds += self.clock() - start
         self.timer.floor_samples += 1
-        for p in self.model.parameters():
-            p.grad = None
 
     def checkpoint(self, t: int) -> None:
         """Save θ, optimizer, RNG states and timers after iteration ``t`` (atomic rename; rank 0 only)."""

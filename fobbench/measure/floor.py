@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from fobbench.estimators import FloorPasses
-from fobbench.measure.timing import time_call
+from fobbench.measure.timing import Timing, time_call
 from fobbench.params import Data, LossFn, Params, detached
 
 HONEST = "plain_module_fwd_bwd"
@@ -73,6 +73,28 @@ def plain_pass(model: nn.Module, x: Tensor, y: Tensor) -> None:
     nn.functional.cross_entropy(model(x), y).backward()
 
 
+_STATISTICS: dict[str, Callable[[Timing], float]] = {"median": lambda t: t.median,
+                                                    "min": lambda t: min(t.times)}
+"""How a floor reads one pass kind's timing: the median over blocks, or the fastest block."""
+
+
+def floor_work(support: Data, query: Data, passes: FloorPasses) -> list[tuple[int, Tensor, Tensor]]:
+    """(count, examples, labels) of each pass kind the floor has: what :func:`run_floor_work` runs."""
+    inputs = pass_inputs(support, query)
+    return [(count, *inputs[kind]) for kind, count in passes._asdict().items() if count > 0]
+
+
+def run_floor_work(model: nn.Module, work: list[tuple[int, Tensor, Tensor]]) -> None:
+    """The floor's plain passes once (``train`` times them between iterations); ``.grad`` cleared."""
+    try:
+        for count, x, y in work:
+            for _ in range(count):
+                plain_pass(model, x, y)
+    finally:
+        for p in model.parameters():
+            p.grad = None
+
+
 def honest_floor(model: nn.Module, support: Data, query: Data, passes: FloorPasses,
                  min_run_time: float = 0.5, statistic: str = "median",
                  clock: Callable[[], float] | None = None) -> Floor:
@@ -86,7 +108,7 @@ def honest_floor(model: nn.Module, support: Data, query: Data, passes: FloorPass
     :func:`~fobbench.measure.timing.time_call` (``train`` on CPU: process CPU time). ``model``'s
     ``.grad`` fields are cleared afterwards.
     """
-    pick = {"median": lambda t: t.median, "min": lambda t: min(t.times)}[statistic]
+    pick = _STATISTICS[statistic]
     inputs = pass_inputs(support, query)
     per_pass: dict[str, float] = {}
     try:
@@ -103,9 +125,12 @@ def honest_floor(model: nn.Module, support: Data, query: Data, passes: FloorPass
 
 
 def vmap_floor(loss: LossFn, theta: Params, support: Data, query: Data, passes: FloorPasses,
-               min_run_time: float = 0.5) -> Floor:
+               min_run_time: float = 0.5, statistic: str = "median",
+               clock: Callable[[], float] | None = None) -> Floor:
     """The per-task ``vmap(grad(loss))`` reference: one vmapped call over the tasks per pass,
-    θ shared (``in_dims=None``); of f̂ + f (``both``), f̂ (``support``) or f (``query``)."""
+    θ shared (``in_dims=None``); of f̂ + f (``both``), f̂ (``support``) or f (``query``).
+    ``statistic`` and ``clock`` as for :func:`honest_floor` (``train`` times a plugin's own
+    loss with it)."""
     theta = detached(theta)
 
     def joint(th: Params, s: Data, q: Data) -> Tensor:
@@ -123,6 +148,7 @@ def vmap_floor(loss: LossFn, theta: Params, support: Data, query: Data, passes: 
     for kind, count in passes._asdict().items():
         if count > 0:
             step, a, b = calls[kind]
-            per_pass[kind] = time_call(lambda s=step, a=a, b=b: s(theta, a, b), min_run_time).median
+            per_pass[kind] = _STATISTICS[statistic](time_call(lambda s=step, a=a, b=b: s(theta, a, b),
+                                                              min_run_time, clock=clock))
     seconds = sum(getattr(passes, kind) * value for kind, value in per_pass.items())
     return Floor(seconds, per_pass, passes, VMAP_REFERENCE)

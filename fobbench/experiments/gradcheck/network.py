@@ -175,12 +175,11 @@ class Setup:
         self.functions = [TaskFunctions(self.loss, self.theta, tuple(t[i] for t in self.support),
                                         tuple(t[i] for t in self.query)) for i in range(config.tasks)]
         self.seconds: list[float] = []
-        self.est_loss, self.est_theta, self.est_cast = self.loss, self.theta, lambda data: data
-        dtype = DTYPES[config.dtype]
-        if dtype != torch.float64:  # the estimators' copy in --dtype; the truth stays float64
-            self.est_loss = plugins.problem_loss(made, copy.deepcopy(self.model).to(dtype))
-            self.est_theta = {n: p.to(dtype) for n, p in self.theta.items()}
-            self.est_cast = lambda data: tuple(t.to(dtype) if t.is_floating_point() else t for t in data)
+        self.est_loss, self.est_theta = self.loss, self.theta
+        self.est_dtype = DTYPES[config.dtype]
+        if self.est_dtype != torch.float64:  # the estimators' copy in --dtype; the truth stays float64
+            self.est_loss = plugins.problem_loss(made, copy.deepcopy(self.model).to(self.est_dtype))
+            self.est_theta = {n: p.to(self.est_dtype) for n, p in self.theta.items()}
 
     @functools.cached_property
     def truths(self) -> list[Truth]:
@@ -191,6 +190,14 @@ class Setup:
             truths.append(implicit_gradient(fn, self.config.lam, self.config.tol, self.config.cg_tol))
             self.seconds.append(time.perf_counter() - start)
         return truths
+
+    @functools.cached_property
+    def est_tasks(self) -> tuple[Data, Data]:
+        """(support, query) of the ``ok`` tasks in the estimators' ``--dtype``, cast once."""
+        def cast(data: Data) -> Data:
+            return tuple(t.to(self.est_dtype) if t.is_floating_point() else t for t in _task(data, self.ok))
+
+        return cast(self.support), cast(self.query)
 
     @property
     def ok(self) -> list[int]:
@@ -311,9 +318,7 @@ def k_rows(setup: Setup, done: Done) -> Iterator[Record]:
                 continue
             rows = setup.residuals()
             if setup.truth is not None:
-                ok = setup.ok
-                support = setup.est_cast(_task(setup.support, ok))
-                query = setup.est_cast(_task(setup.query, ok))
+                support, query = setup.est_tasks
                 estimator = EstimatorConfig(inner=InnerConfig(steps=k, lr=setup.inner_lr, lam=config.lam),
                                             nu=nu, cg_steps=variant or config.cg_steps[-1],
                                             es_samples=config.es_samples, es_sigma=config.es_sigma)
