@@ -8,6 +8,8 @@ that act on a value keep the same tuple (their own constant, or an import of thi
 
 from __future__ import annotations
 
+from fobbench.errors import FobbenchError
+
 INNER_OPTIMIZERS = ("gd", "momentum", "adam")
 """Inner solvers (``--inner-optimizer``; :data:`fobbench.inner.OPTIMIZERS`)."""
 
@@ -52,3 +54,18 @@ DIST_BACKENDS = ("gloo", "nccl")
 
 COMPARE_KINDS = ("all", "deterministic", "noisy")
 """``compare --kind`` (the keys of ``fobbench.cli.compare._KINDS``)."""
+
+
+def parse_gradcheck_experiments(text: str) -> tuple[str, ...]:
+    """``gradcheck --experiments``: ``all`` or a comma-separated subset of
+    :data:`GRADCHECK_EXPERIMENTS`, in the order given without repeats (one-line error otherwise)."""
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if names == ["all"]:
+        return GRADCHECK_EXPERIMENTS
+    if not names:
+        raise FobbenchError("--experiments: no experiment given")
+    for name in names:
+        if name not in GRADCHECK_EXPERIMENTS:
+            raise FobbenchError(f"--experiments: unknown experiment '{name}' "
+                                f"(choose from all, {', '.join(GRADCHECK_EXPERIMENTS)})")
+    return tuple(dict.fromkeys(names))

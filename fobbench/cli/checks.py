@@ -220,21 +220,6 @@ def memory_sizes(arch: str, channels: str | None, d_model: str | None, seq: str 
     return {"d_model": d_values, "seq": parse_range(seq_default if seq is None else seq, "--seq")}
 
 
-def gradcheck_experiments(text: str) -> tuple[str, ...]:
-    """``all`` or a comma-separated subset of :data:`fobbench.choices.GRADCHECK_EXPERIMENTS`."""
-    known = choices.GRADCHECK_EXPERIMENTS
-    names = [part.strip() for part in text.split(",") if part.strip()]
-    if names == ["all"]:
-        return known
-    if not names:
-        raise FobbenchError("--experiments: no experiment given")
-    for name in names:
-        if name not in known:
-            raise FobbenchError(
-                f"--experiments: unknown experiment '{name}' (choose from all, {', '.join(known)})")
-    return tuple(dict.fromkeys(names))
-
-
 def _grid(p: Values, key: str, kind: type, default: str | None = None) -> list[Any]:
     option = "--" + key.replace("_", "-")
     text = p.get(key) if p.get(key) is not None else default
@@ -273,7 +258,7 @@ def check_gradcheck(p: Values) -> None:
             integer(p["hidden"], "--hidden")
         integer(p.get("check_tasks", 1), "--check-tasks", least=0)
         return
-    experiments = gradcheck_experiments(p["experiments"])
+    experiments = choices.parse_gradcheck_experiments(p["experiments"])
     nu_ks = _grid(p, "nu_inner_steps", int)
     lams = _grid(p, "lam_grid", float)
     rate_nus = _grid(p, "rate_nu", float)

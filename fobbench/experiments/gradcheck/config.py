@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fobbench.choices import parse_gradcheck_experiments
 from fobbench.errors import FobbenchError
 from fobbench.estimators import EstimatorConfig, get, meta_gradient, names, parse_methods
 from fobbench.estimators.nu_rule import AUTO, MAX_NU
@@ -36,19 +37,9 @@ RATE_POINTS = 9
 """Log-spaced ν values of the ν-rate fit."""
 
 
-def parse_experiments(text: str) -> tuple[str, ...]:
-    """``all`` or a comma-separated subset of :data:`EXPERIMENTS` (one-line error otherwise)."""
-    names = [part.strip() for part in text.split(",") if part.strip()]
-    if names == ["all"]:
-        return EXPERIMENTS
-    if not names:
-        raise FobbenchError("--experiments: no experiment given")
-    for name in names:
-        if name not in EXPERIMENTS:
-            raise FobbenchError(
-                f"--experiments: unknown experiment '{name}' (choose from all, {', '.join(EXPERIMENTS)})"
-            )
-    return tuple(dict.fromkeys(names))
+parse_experiments = parse_gradcheck_experiments
+"""``all`` or a comma-separated subset of :data:`EXPERIMENTS` (one-line error otherwise); the
+torch-free parser the command line checks with (:func:`fobbench.choices.parse_gradcheck_experiments`)."""
 
 
 def rate_grid(low: float, high: float) -> tuple[float, ...]:
