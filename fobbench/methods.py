@@ -25,6 +25,9 @@ from fobbench.errors import FobbenchError
 BATCHING = ("vmap", "loop")
 """How tasks are batched: ``vmap`` (all tasks in one batched call) or ``loop`` (one at a time)."""
 
+COMPILED = "compiled"
+"""The vmap batching under ``torch.compile`` (``--compile``; :mod:`fobbench.estimators.compiled`)."""
+
 PROTOCOLS = ("proximal", "published")
 """Inner-objective protocols of a run (DESIGN.md, "One inner solver for all"):
 
@@ -186,6 +189,17 @@ def names(trainable: bool = False, uses_nu: bool = False) -> list[str]:
     """
     chosen = [m for m in METHODS.values() if (not trainable or m.trainable) and (not uses_nu or m.uses_nu)]
     return [m.name for m in sorted(chosen, key=lambda m: (m.rank, m.name))]
+
+
+def check_compilable(method: Method, nu: object) -> None:
+    """Raise a one-line :class:`FobbenchError` when ``method`` (at ``nu``) cannot run compiled:
+    it must run under vmap, and ν must be fixed (``dynamic=False`` compiles again for every new
+    ν, and ``--nu auto`` picks a new one every outer step)."""
+    if not method.vmappable:
+        raise FobbenchError(f"--compile: {method.name} does not run under vmap, so it cannot be compiled")
+    if method.uses_nu and isinstance(nu, str) and nu.strip().lower() == AUTO:
+        raise FobbenchError("--compile: not with --nu auto (ν changes every outer step, and each new ν "
+                            "would compile again); give a fixed --nu")
 
 
 def rank_of(name: str) -> tuple[float, str]:

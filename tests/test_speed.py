@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fobbench.estimators import EstimatorConfig, get, meta_gradient
+from fobbench.errors import FobbenchError
+from fobbench.estimators import EstimatorConfig, compiled, get, meta_gradient
+from fobbench.estimators.compiled import compile_cache
 from fobbench.experiments import speed as experiment
 from fobbench.inner import InnerConfig
 from fobbench.measure.floor import HONEST, honest_floor, pass_inputs, plain_pass, vmap_floor
@@ -158,9 +160,60 @@ def test_compile_failure_gives_a_skipped_row(problem, monkeypatch, one_thread) -
 
 
 def test_compile_cache_follows_fobbench_cache(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    from torch._inductor.runtime.cache_dir_utils import cache_dir, default_cache_dir
+
     monkeypatch.setenv("FOBBENCH_CACHE", str(tmp_path))
-    assert experiment.compile_cache() == tmp_path / "inductor"
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    assert compile_cache() == tmp_path / "inductor"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())  # what torch writes there itself
+    assert compile_cache() == tmp_path / "inductor" and cache_dir() == str(tmp_path / "inductor")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))  # the user's choice wins
+    assert compile_cache() == tmp_path / "mine"
+
+
+def _linear_tasks(tasks: int = 3) -> tuple[dict[str, torch.Tensor], object, tuple, tuple]:
+    """A 6→3 linear classifier and random tasks: small enough to compile in seconds."""
+    generator = torch.Generator().manual_seed(0)
+    model = torch.nn.Linear(6, 3)
+    theta = {n: p.detach() for n, p in model.named_parameters()}
+
+    def data(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.randn(tasks, n, 6, generator=generator)
+        return x, torch.randint(0, 3, (tasks, n), generator=generator)
+
+    return theta, classification_loss(model), data(5), data(7)
+
+
+@pytest.mark.parametrize("method", ["fomaml", "fobmaml-sym", "maml"])
+def test_compiled_batching_equals_vmap(method: str, tmp_path: Path, monkeypatch, one_thread) -> None:
+    """The compiled meta-gradient is the eager vmap one (float32 rounding apart), and a second
+    call reuses the compiled function."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    theta, loss, support, query = _linear_tasks()
+    config = EstimatorConfig(inner=InnerConfig(steps=2, lr=0.1, lam=2.0))
+    eager = meta_gradient(method, theta, loss, support, query, config, batching="vmap").grad
+    first = meta_gradient(method, theta, loss, support, query, config, batching="compiled")
+    assert first.batching == "compiled" and relative_error(first.grad, eager) < 1e-5
+    again = meta_gradient(method, theta, loss, support, query, config, batching="compiled").grad
+    assert all(torch.equal(again[n], first.grad[n]) for n in theta)
+
+
+def test_compiled_batching_refuses_to_run_eagerly_in_disguise(monkeypatch) -> None:
+    """A compile that yields no graph (dynamo gave up) is an error, not an eager "compiled" run."""
+    monkeypatch.setattr(torch, "compile", lambda fn, **options: fn)
+    theta, loss, support, query = _linear_tasks()
+    config = EstimatorConfig(inner=InnerConfig(steps=1, lr=0.1, lam=2.0))
+    with pytest.raises(FobbenchError, match="gave up on the meta-gradient"):
+        meta_gradient("reptile", theta, loss, support, query, config, batching="compiled")
+
+
+@pytest.mark.parametrize(("method", "nu", "why"), [("exact", 0.1, "does not run under vmap"),
+                                                   ("fobmaml-sym", "auto", "not with --nu auto")])
+def test_compiled_batching_refuses_what_it_cannot_compile(method: str, nu: object, why: str) -> None:
+    theta, loss, support, query = _linear_tasks()
+    config = EstimatorConfig(inner=InnerConfig(steps=1), nu=nu)
+    with pytest.raises(FobbenchError, match=why):
+        compiled.vmapped(get(method), loss, config, (None, 0, 0, None), None)
 
 
 @pytest.mark.parametrize("name", ["higher", "torchopt", "learn2learn"])

@@ -77,6 +77,8 @@ BAD_INPUTS = [  # (arguments, text the one-line message must hold: the option it
     (("gradcheck", "--experiments", "bogus"), "--experiments"),
     (("gradcheck", "--outer", "nosuch"), "--outer"),
     (("gradcheck", "--dtype", "float16"), "--dtype"),
+    (("train", "mnist1d", "--compile", "--nu", "auto"), "--compile: not with --nu auto"),
+    (("train", "mnist1d", "--compile", "--batching", "loop"), "--batching loop"),
     (("gradcheck", "--resume", MISSING), "--resume"),
     (("gradcheck", "--problem", "mnist1d", "--methods", "exact"), "exact is gradcheck-only"),
     (("train", "mnist1d", "--methods", "exact"), "exact is gradcheck-only"),

@@ -306,6 +306,11 @@ def check_train(p: Values) -> None:
     positive(p["meta_lr"], "--meta-lr")
     one_of(p["outer"], choices.OUTER_OPTIMIZERS, "--outer", "optimizer")
     one_of(p["batching"], methods.BATCHING, "--batching")
+    if p.get("compile"):
+        if word(p["batching"]) == "loop":
+            raise FobbenchError("--compile compiles the vmapped meta-gradient; not with --batching loop")
+        for name in chosen:
+            methods.check_compilable(methods.METHODS[name], p["nu"])
     if word(p["device"]) not in choices.DEVICES:
         raise FobbenchError(f"--device must be cpu or cuda (got {word(p['device'])})")
     if p.get("dist_backend") is not None:

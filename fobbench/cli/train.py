@@ -13,7 +13,7 @@ from fobbench.cli import checks, options
 from fobbench.cli.app import app
 from fobbench.cli.options import NU_AUTO_HELP, opt, parse_nu
 from fobbench.errors import FobbenchError
-from fobbench.methods import METHODS, hyperparameter_help, names, parse_methods
+from fobbench.methods import COMPILED, METHODS, hyperparameter_help, names, parse_methods
 from fobbench.ranges import parse_seeds
 
 if TYPE_CHECKING:  # torch, pandas and matplotlib are imported once the options are known good
@@ -59,6 +59,9 @@ SHARED = (
         help="Iterations between checkpoints (also at T), saved beside the CSV."),
     opt("chunk_size", int | None, None, help="Tasks per vmap chunk (default: the whole meta-batch at once)."),
     opt("batching", str, "vmap", help="vmap (tasks batched) or loop (one task at a time)."),
+    opt("compile", bool, False,
+        help="torch.compile the vmapped meta-gradient (cache: $FOBBENCH_CACHE/inductor; the first, "
+             "compiling iteration is recorded apart as compile_sec). Needs a fixed --nu."),
     opt("device", str, "cpu", help="cpu or cuda."),
     opt("dist_backend", str | None, None,
         help="Under torchrun: gloo or nccl (default: nccl with --device cuda, else gloo)."),
@@ -96,7 +99,7 @@ def _config(p: Mapping[str, Any], check_only: bool = False) -> experiment.TrainC
         methods=tuple(dict.fromkeys(chosen)), estimator=estimator, seeds=parse_seeds(str(p["seeds"])),
         iterations=p["iterations"], meta_batch=p["meta_batch"], meta_lr=p["meta_lr"], outer=p["outer"],
         eval_every=p["eval_every"], eval_tasks=p["eval_tasks"], checkpoint_every=p["checkpoint_every"],
-        chunk_size=p["chunk_size"], batching=p["batching"],
+        chunk_size=p["chunk_size"], batching=COMPILED if p["compile"] else p["batching"],
         # whether a CUDA device is present is a fact of the machine: checked when the run starts
         device="cpu" if check_only and p["device"] == "cuda" else p["device"],
     )

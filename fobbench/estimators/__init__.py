@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from fobbench.errors import FobbenchError
+from fobbench.estimators import compiled
 from fobbench.estimators.base import (
     PROTOCOLS,
     REGISTRY,
@@ -43,11 +44,12 @@ from fobbench.estimators.base import (
     unregister,
 )
 from fobbench.estimators.nu_rule import AUTO, measure
-from fobbench.methods import BATCHING
+from fobbench.methods import BATCHING, COMPILED
 from fobbench.params import Data, LossFn, Params, detached, zeros_like
 
 __all__ = [
-    "BATCHING", "PROTOCOLS", "REGISTRY", "Estimator", "EstimatorConfig", "FloorPasses", "MetaGradient",
+    "BATCHING", "COMPILED", "PROTOCOLS", "REGISTRY", "Estimator", "EstimatorConfig", "FloorPasses",
+    "MetaGradient",
     "accumulates", "get", "hyperparameter_help", "meta_gradient", "method_config", "names", "parse_methods",
     "per_task", "rank_of", "register", "resolve_nu", "unregister",
 ]
@@ -67,7 +69,7 @@ class MetaGradient:
         grad: the meta-gradient averaged over tasks, shaped like θ.
         tasks: number of tasks averaged.
         seconds: wall time of the estimate (s).
-        batching: ``vmap`` or ``loop``.
+        batching: ``vmap``, ``loop`` or ``compiled``.
         nu: the ν FO-B-MAML ran with (the ``--nu auto`` choice included); None for methods
             without ν.
     """
@@ -144,8 +146,9 @@ def per_task(method: str, theta: Params, loss: LossFn, support: Data, query: Dat
         loss: functional loss ``loss(params, data)``.
         support, query: task data with a leading task axis.
         config: estimator settings.
-        batching: ``vmap`` (default; all tasks in one batched call, ``chunk_size`` at a time)
-            or ``loop`` (one task at a time: lowest memory).
+        batching: ``vmap`` (default; all tasks in one batched call, ``chunk_size`` at a time),
+            ``loop`` (one task at a time: lowest memory) or ``compiled`` (the vmap call under
+            ``torch.compile``, :mod:`fobbench.estimators.compiled`; the first call compiles).
         chunk_size: tasks per vmap chunk (None: all at once).
         generator: seeds ES-MAML's Gaussian directions.
         part: compute only these tasks of the batch (None: all). ``support``/``query`` still
@@ -155,21 +158,26 @@ def per_task(method: str, theta: Params, loss: LossFn, support: Data, query: Dat
     """
     estimator = get(method)
     config = method_config(estimator, config)
-    if batching not in BATCHING:
-        raise FobbenchError(f"unknown batching '{batching}' (choose from {', '.join(BATCHING)})")
+    if batching not in (*BATCHING, COMPILED):
+        raise FobbenchError(f"unknown batching '{batching}' (choose from {', '.join((*BATCHING, COMPILED))})")
     if chunk_size is not None and chunk_size < 1:
         raise FobbenchError(f"chunk size must be >= 1 (got {chunk_size})")
     theta = detached(theta)
     config = resolve_nu(method, theta, loss, support, query, config, batching, chunk_size)  # whole batch
     noise = _noise(estimator, theta, _task_count(support), config, generator)
     support, query, noise = _part(support, query, noise, part)
+    in_dims = (None, 0, 0, 0 if noise is not None else None)
+    if batching == COMPILED:
+        config = replace(config, in_place=False)
+        device_type = next(iter(theta.values())).device.type
+        step = compiled.vmapped(estimator, loss, config, in_dims, chunk_size, device_type)
+        return step(theta, support, query, noise)
     if batching == "vmap" and estimator.vmappable:
         config = replace(config, in_place=False)
 
         def one(th: Params, s: Data, q: Data, z: Params | None) -> Params:
             return estimator.fn(th, loss, s, q, config, z)
 
-        in_dims = (None, 0, 0, 0 if noise is not None else None)
         return torch.func.vmap(one, in_dims=in_dims, chunk_size=chunk_size)(theta, support, query, noise)
     # One task at a time on detached θ, outside any transform: in-place solves are allowed.
     config = replace(config, in_place=True)

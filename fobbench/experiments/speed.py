@@ -6,8 +6,8 @@ and the model is built from the seed, so every contender sees the same θ and ta
 contenders of a method are:
 
 - fobbench itself per batching: ``vmap`` (tasks batched by ``torch.func.vmap``), ``loop`` (one
-  task at a time; MAML with plain autograd) and ``compiled`` (``torch.compile`` of the
-  per-task estimate, tasks in a loop; compile time recorded apart as ``compile_sec``);
+  task at a time; MAML with plain autograd) and ``compiled`` (the vmap call under
+  ``torch.compile``; the first, compiling call recorded apart as ``compile_sec``);
 - each requested peer library that implements the method (``impl`` = ``higher``, ...);
 - the floors (``impl`` = ``floor``): ``batching`` ``plain`` is the honest floor (the registered
   passes as ordinary ``nn.Module`` forward+backward over all tasks' examples at once), and
@@ -22,25 +22,23 @@ contenders in turn (interleaved), each round times every contender with
 ``Timer.blocked_autorange``; every block's per-call time is a ``seconds`` row, and the median
 and interquartile range over all blocks are ``seconds_median`` and ``seconds_iqr``. The peak
 of live tensor bytes of one call (CPU allocator accounting, :func:`~fobbench.measure.memory.measure_cpu`)
-is measured in a separate call, since the tracker slows every operator.
+is measured in a separate call, since the tracker slows every operator (not for compiled rows).
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import os
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from fobbench.errors import FobbenchError
-from fobbench.estimators import EstimatorConfig, get, meta_gradient
+from fobbench.estimators import COMPILED, EstimatorConfig, get, meta_gradient
 from fobbench.experiments.runner import Output, Record, Sink, Tick
 from fobbench.measure.floor import HONEST, VMAP_REFERENCE, honest_floor, vmap_floor
 from fobbench.measure.memory import MIB, measure_cpu
@@ -169,7 +167,7 @@ def build(problem: FewShotProblem, meta_batch: int, seed: int, device: str) -> W
 
 def fobbench_call(method: str, batching: str, work: Workload, config: EstimatorConfig,
                   double: bool = False) -> Callable[[], Params]:
-    """One meta-gradient of ``method`` with fobbench's ``vmap`` or ``loop`` batching."""
+    """One meta-gradient of ``method`` with fobbench's ``vmap``, ``loop`` or ``compiled`` batching."""
     model, batch = (work.model64, work.batch64) if double else (work.model, work.batch)
     loss = classification_loss(model)
     theta = dict(model.named_parameters())
@@ -182,49 +180,16 @@ def fobbench_call(method: str, batching: str, work: Workload, config: EstimatorC
     return call
 
 
-def compile_cache() -> Path:
-    """Where compiled kernels persist: ``$FOBBENCH_CACHE/inductor`` (default
-    ``~/.cache/fobbench/inductor``); set as ``TORCHINDUCTOR_CACHE_DIR`` unless already set."""
-    root = Path(os.environ.get("FOBBENCH_CACHE") or Path.home() / ".cache" / "fobbench")
-    folder = Path(os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(root / "inductor")))
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
 def compiled_call(method: str, work: Workload, config: EstimatorConfig) -> tuple[Callable[[], Params], float]:
-    """``torch.compile`` of the per-task estimate, tasks summed in a loop; (call, compile seconds).
+    """fobbench's ``compiled`` batching (``torch.compile`` of the vmapped meta-gradient,
+    :mod:`fobbench.estimators.compiled`); (call, seconds of the first, compiling call).
 
     Raises:
-        FobbenchError: torch.compile is unavailable or failed (the row records why).
+        FobbenchError: the method cannot be compiled, or torch.compile failed (the row says why).
     """
-    compile_cache()
-    estimator = get(method)
-    loss = classification_loss(work.model)
-    theta = {n: p.detach() for n, p in work.model.named_parameters()}
-    per_task_config = replace(config, in_place=False)
-
-    def one(th: Params, xs: torch.Tensor, ys: torch.Tensor, xq: torch.Tensor, yq: torch.Tensor) -> Params:
-        return estimator.fn(th, loss, (xs, ys), (xq, yq), per_task_config, None)
-
-    try:
-        step = torch.compile(one, dynamic=False)
-    except Exception as error:  # noqa: BLE001
-        raise FobbenchError(f"torch.compile unavailable: {str(error).splitlines()[0]}") from None
-    (xs, ys), (xq, yq) = work.batch.support, work.batch.query
-
-    def call() -> Params:
-        total = {n: torch.zeros_like(p) for n, p in theta.items()}
-        for i in range(xs.shape[0]):
-            for n, g in step(theta, xs[i], ys[i], xq[i], yq[i]).items():
-                total[n].add_(g)
-        return {n: g / xs.shape[0] for n, g in total.items()}
-
+    call = fobbench_call(method, COMPILED, work, config)
     start = time.perf_counter()
-    try:
-        call()
-    except Exception as error:  # noqa: BLE001
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise FobbenchError(f"torch.compile failed ({type(error).__name__}: {first[:160]})") from None
+    call()
     return call, time.perf_counter() - start
 
 
@@ -380,12 +345,17 @@ class SpeedRun:
             yield from self._records(meta_batch, rows, floors)
 
     def _prepare(self, rows: list[Contender]) -> Iterator[Tick]:
-        """Agreement of every contender (before any timing), then its peak memory."""
+        """Agreement of every contender (before any timing), then its peak memory.
+
+        Compiled rows get no peak: the CPU tracker is a ``TorchDispatchMode``, which does not
+        see inside a compiled graph, and calling a compiled function under it made dynamo run
+        every later call of it eagerly (measured: the "compiled" rows timed as the vmap ones).
+        """
         for row in rows:
             if row.call is None or row.check is None:
                 continue
             row.agreement = float(row.check())
-            if self.settings.memory and self.settings.device == "cpu":
+            if self.settings.memory and self.settings.device == "cpu" and row.batching != COMPILED:
                 row.peak_bytes = measure_cpu(lambda c=row.call: c(), []).peak_bytes
             yield Tick(0, f"{self.benchmark} checked {row.method} {row.impl} {row.batching}")
 

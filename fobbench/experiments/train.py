@@ -38,12 +38,13 @@ from torch import Tensor, nn
 
 from fobbench import distributed as dd
 from fobbench.errors import DivergedError, FobbenchError
-from fobbench.estimators import BATCHING, EstimatorConfig, FloorPasses, get, method_config
+from fobbench.estimators import BATCHING, COMPILED, EstimatorConfig, FloorPasses, get, method_config
 from fobbench.estimators.nu_rule import AUTO
 from fobbench.experiments.runner import Output, Record, Sink, Tick
 from fobbench.inner import solve
 from fobbench.measure.floor import floor_work, honest_floor, run_floor_work, vmap_floor
 from fobbench.meta_optim import OUTER, apply, make_outer
+from fobbench.methods import check_compilable
 from fobbench.params import Data, LossFn, Params, classification_loss, detached
 from fobbench.plugins import problem_loss
 from fobbench.problems.base import FewShotProblem, TaskBatch
@@ -99,7 +100,8 @@ class TrainConfig:
         checkpoint_every: iterations between checkpoints (default 100; also at T).
         chunk_size: tasks per vmap chunk (None: the whole meta-batch at once; evaluation then
             adapts ``meta_batch`` tasks at a time).
-        batching: ``vmap`` (default) or ``loop`` (one task at a time: least memory).
+        batching: ``vmap`` (default), ``loop`` (one task at a time: least memory) or
+            ``compiled`` (the vmap call under ``torch.compile``: ``--compile``).
         device: ``cpu`` or ``cuda``.
         floor_repeats: length of the up-front floor measurement in half-seconds per pass kind
             (fastest of the ``torch.utils.benchmark`` blocks; default 3). Classification runs
@@ -143,8 +145,11 @@ class TrainConfig:
             raise FobbenchError(f"--meta-lr must be > 0 (got {self.meta_lr})")
         if self.outer not in OUTER:
             raise FobbenchError(f"--outer: unknown optimizer '{self.outer}' (choose from {', '.join(OUTER)})")
-        if self.batching not in BATCHING:
+        if self.batching not in (*BATCHING, COMPILED):
             raise FobbenchError(f"--batching: unknown '{self.batching}' (choose from {', '.join(BATCHING)})")
+        if self.batching == COMPILED:
+            for name in self.methods:
+                check_compilable(get(name), self.estimator.nu)
         if not self.seeds or any(s < 0 for s in self.seeds):
             raise FobbenchError(f"--seeds must be integers >= 0 (got {list(self.seeds)})")
         if self.device not in ("cpu", "cuda"):
@@ -343,6 +348,7 @@ class _Timer:
     cpu_timed: int = 0         # (0 in checkpoints written before CPU time was kept)
     floor_seconds: float = 0.0  # floor samples taken between timed iterations (their clock)
     floor_samples: int = 0
+    compile_seconds: float = math.nan  # wall time of this process's first, compiling iteration
 
 
 def settings_of(problem: FewShotProblem, config: TrainConfig,
@@ -512,6 +518,8 @@ class _MethodRun:
             Measurement("train_loss", seen.loss, "nats", "query_after_adaptation"),
             Measurement("wall_time", timer.wall + time.perf_counter() - self.started, "s", "wall_clock"),
         ]
+        if math.isfinite(timer.compile_seconds):
+            measurements.append(Measurement("compile_sec", timer.compile_seconds, "s", "wall_clock"))
         if self.nu_used is not None:
             measurements.append(Measurement("nu_used", self.nu_used, "1",
                                             "auto_rule" if self.est.nu == AUTO else "fixed"))
@@ -549,6 +557,8 @@ class _MethodRun:
         self.nu_used = estimate.nu
         apply(self.optimizer, self.theta, estimate.grad)
         _sync(device)
+        if not timed and config.batching == COMPILED:
+            self.timer.compile_seconds = time.perf_counter() - tick
         if timed:
             self.timer.iter_seconds += time.perf_counter() - tick
             self.timer.grad_seconds += estimate.seconds
