@@ -14,14 +14,13 @@ differentiable (MAML backpropagates through it) and vmappable over tasks.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from fobbench.errors import FobbenchError
 from fobbench.params import Data, LossFn, Params, sq_norm, sub, zeros_like
+from fobbench.validate import integer, nonnegative, one_of, positive
 
 OPTIMIZERS = ("gd", "momentum", "adam")
 
@@ -52,16 +51,10 @@ class InnerConfig:
     eps: float = 1e-8
 
     def __post_init__(self) -> None:
-        if not isinstance(self.steps, int) or self.steps < 1:
-            raise FobbenchError(f"--inner-steps (K) must be an integer >= 1 (got {self.steps})")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise FobbenchError(f"--inner-lr (inner step size) must be > 0 (got {self.lr})")
-        if not (self.lam >= 0 and math.isfinite(self.lam)):
-            raise FobbenchError(f"--lam (λ) must be >= 0 (got {self.lam})")
-        if self.optimizer not in OPTIMIZERS:
-            raise FobbenchError(
-                f"unknown inner optimizer '{self.optimizer}' (choose from {', '.join(OPTIMIZERS)})"
-            )
+        integer(self.steps, "--inner-steps (K)")
+        positive(self.lr, "--inner-lr (inner step size)")
+        nonnegative(self.lam, "--lam (λ)")
+        one_of(self.optimizer, OPTIMIZERS, "--inner-optimizer", "inner optimizer")
 
 
 def proximal_objective(

@@ -10,8 +10,9 @@ the option vocabularies (:mod:`fobbench.choices`), the range syntax (:mod:`fobbe
 plugin names and the writability probes (:mod:`fobbench.paths`).
 
 The commands' own configuration objects check the same things again once they are built
-(a second line of defence for library callers); what needs the data, a plugin's code or a
-device (a CUDA device present, a factory that builds) is left to them.
+(a second line of defence for library callers), with the same single-value checks
+(:mod:`fobbench.validate`); what needs the data, a plugin's code or a device (a CUDA device
+present, a factory that builds) is left to them.
 """
 
 from __future__ import annotations
@@ -26,36 +27,10 @@ from fobbench.errors import FobbenchError
 from fobbench.paths import check_writable_dir, check_writable_file
 from fobbench.plugin_names import MODELS, PROBLEMS, check_spec
 from fobbench.ranges import parse_range, parse_seeds
+from fobbench.validate import integer, nonnegative, one_of, positive, word
 
 Values = Mapping[str, Any]
 """Option values of one command by parameter name (Typer enums or plain strings alike)."""
-
-
-def word(value: object) -> str:
-    """An option value that may arrive as a Typer Enum (CLI) or as its string (``fobbench run``)."""
-    return str(getattr(value, "value", value))
-
-
-def one_of(value: object, allowed: tuple[str, ...], option: str, what: str = "") -> str:
-    """``value`` if it is one of ``allowed``; else ``OPTION: unknown WHAT 'value' (choose from ...)``."""
-    text = word(value)
-    if text not in allowed:
-        raise FobbenchError(f"{option}: unknown {what + ' ' if what else ''}'{text}' "
-                            f"(choose from {', '.join(allowed)})")
-    return text
-
-
-def integer(value: object, option: str, least: int = 1) -> None:
-    """``OPTION must be an integer >= least`` unless ``value`` is one."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        raise FobbenchError(f"{option} must be an integer >= {least} (got {value})")
-
-
-def positive(value: object, option: str, unit: str = "") -> None:
-    """``OPTION must be > 0`` unless ``value`` is a finite number above 0."""
-    number = isinstance(value, int | float) and not isinstance(value, bool)
-    if not (number and math.isfinite(value) and value > 0):  # type: ignore[arg-type]
-        raise FobbenchError(f"{option} must be > 0{unit} (got {value})")
 
 
 def threads(value: object) -> None:
@@ -85,9 +60,8 @@ def inner_solver(p: Values, steps: str = "inner_steps", optimizer: str | None = 
         integer(p[steps], "--inner-steps (K)")
     if p.get("inner_lr") is not None:
         positive(p["inner_lr"], "--inner-lr (inner step size)")
-    lam = p.get("lam")
-    if lam is not None and (isinstance(lam, bool) or not (math.isfinite(lam) and lam >= 0)):
-        raise FobbenchError(f"--lam (λ) must be >= 0 (got {lam})")
+    if p.get("lam") is not None:
+        nonnegative(p["lam"], "--lam (λ)")
     if optimizer is not None and optimizer in p:
         one_of(p[optimizer], choices.INNER_OPTIMIZERS, "--inner-optimizer", "inner optimizer")
 

@@ -27,6 +27,7 @@ from fobbench.methods import (
     solve_and_query,
 )
 from fobbench.params import Data, LossFn, Params
+from fobbench.validate import integer, one_of, positive
 
 __all__ = [
     "METHODS", "PROTOCOLS", "REGISTRY", "AccumulateFn", "Estimator", "EstimatorConfig", "FloorFn",
@@ -80,19 +81,14 @@ class EstimatorConfig:
         return PUBLISHED_IMAML_DAMPING if self.inner_protocol == "published" else (0.0, 0.0)
 
     def __post_init__(self) -> None:
-        if self.inner_protocol not in PROTOCOLS:
-            raise FobbenchError(
-                f"--inner-protocol: unknown '{self.inner_protocol}' (choose from {', '.join(PROTOCOLS)})")
+        one_of(self.inner_protocol, PROTOCOLS, "--inner-protocol")
         if self.nu != AUTO and (isinstance(self.nu, str) or not math.isfinite(self.nu) or self.nu == 0):
             raise FobbenchError(f"--nu (ν) must be a non-zero finite number or 'auto' (got {self.nu})")
-        if not isinstance(self.cg_steps, int) or self.cg_steps < 1:
-            raise FobbenchError(f"--cg-steps must be an integer >= 1 (got {self.cg_steps})")
+        integer(self.cg_steps, "--cg-steps")
         if self.cg_damping is not None and not all(math.isfinite(d) and d >= 0 for d in self.cg_damping):
             raise FobbenchError(f"--cg-damping must be two numbers >= 0 (got {self.cg_damping})")
-        if not isinstance(self.es_samples, int) or self.es_samples < 1:
-            raise FobbenchError(f"--es-samples must be an integer >= 1 (got {self.es_samples})")
-        if not (self.es_sigma > 0 and math.isfinite(self.es_sigma)):
-            raise FobbenchError(f"--es-sigma must be > 0 (got {self.es_sigma})")
+        integer(self.es_samples, "--es-samples")
+        positive(self.es_sigma, "--es-sigma")
 
 
 PerTaskFn = Callable[[Params, LossFn, Data, Data, EstimatorConfig, "Params | None"], Params]

@@ -3,13 +3,13 @@
 The whole meta-batch's computation (``torch.func.vmap`` of the estimator over tasks, K inner
 steps unrolled) is one graph for inductor, which fuses the per-task BatchNorm, pooling,
 activation and update arithmetic that eager vmap runs as hundreds of small kernels. Measured
-on the MNIST-1D Conv1D (16 tasks, K = 5, 1 CPU thread): 0.58× (FO-MAML), 0.67× (FO-B-MAML-sym)
-and 0.66× (MAML) the eager vmap time, after a first call that compiles for 2–5 minutes on a
-2-core CPU (README, ``fobbench speed``).
+on the MNIST-1D Conv1D (16 tasks, K = 5, 1 CPU thread, side by side): 0.57× (FO-MAML), 0.62×
+(FO-B-MAML-sym) and 0.64× (MAML) the eager vmap time, after a first call that compiles for
+1–5 minutes on a 2-core CPU, or 5–21 s from the cache (README, ``fobbench speed``).
 
-A compiled function is kept per (method, loss, settings, vmap dims, chunk size, device) for the life
-of the process, and inductor's kernels persist in :func:`compile_cache`, so a second process
-with the same shapes compiles from the cache. ``dynamic=False``: a new shape (another
+A compiled function is kept per (method, loss, settings, vmap dims, chunk size, device) for
+the life of the process, and inductor's kernels persist in :func:`compile_cache`, so a second
+process with the same shapes compiles from the cache. ``dynamic=False``: a new shape (another
 meta-batch size) or another ν compiles again, which is why ``--nu auto`` (a new ν every outer
 step) is refused with ``compiled`` (:func:`fobbench.methods.check_compilable`).
 """

@@ -47,6 +47,7 @@ from fobbench.params import Data, Params, classification_loss, relative_error
 from fobbench.peers import Peer, check_inner, unavailable
 from fobbench.problems.base import FewShotProblem, TaskBatch
 from fobbench.results import Measurement
+from fobbench.validate import integer, one_of, positive
 
 BATCHINGS = ("vmap", "loop", "compiled")
 """fobbench's ways of batching a meta-gradient over tasks in this benchmark."""
@@ -96,14 +97,11 @@ class SpeedSettings:
             if not get(name).trainable:
                 raise FobbenchError(f"--methods: '{name}' needs a closed form (no network to time)")
         for batching in self.batchings:
-            if batching not in BATCHINGS:
-                raise FobbenchError(f"--batching: unknown '{batching}' (choose from {', '.join(BATCHINGS)})")
+            one_of(batching, BATCHINGS, "--batching")
         if not self.meta_batches or any(not isinstance(b, int) or b < 1 for b in self.meta_batches):
             raise FobbenchError(f"--meta-batch must be integers >= 1 (got {list(self.meta_batches)})")
-        if not isinstance(self.rounds, int) or self.rounds < 1:
-            raise FobbenchError(f"--rounds must be an integer >= 1 (got {self.rounds})")
-        if not (self.min_run_time > 0 and math.isfinite(self.min_run_time)):
-            raise FobbenchError(f"--min-run-time must be > 0 seconds (got {self.min_run_time})")
+        integer(self.rounds, "--rounds")
+        positive(self.min_run_time, "--min-run-time", " seconds")
 
 
 @dataclass

@@ -50,6 +50,7 @@ from fobbench.plugins import problem_loss
 from fobbench.problems.base import FewShotProblem, TaskBatch
 from fobbench.results import Measurement
 from fobbench.stats import t_half_width
+from fobbench.validate import integer, one_of, positive
 
 INFO_COLUMNS = ("world_size",)
 """Per-row columns outside the config hash: ``world_size``, the number of torch.distributed
@@ -137,16 +138,12 @@ class TrainConfig:
             ("--checkpoint-every", self.checkpoint_every, 1),
         )
         for option, value, least in checks:
-            if not isinstance(value, int) or value < least:
-                raise FobbenchError(f"{option} must be an integer >= {least} (got {value})")
-        if self.chunk_size is not None and self.chunk_size < 1:
-            raise FobbenchError(f"--chunk-size must be >= 1 (got {self.chunk_size})")
-        if not (self.meta_lr > 0 and math.isfinite(self.meta_lr)):
-            raise FobbenchError(f"--meta-lr must be > 0 (got {self.meta_lr})")
-        if self.outer not in OUTER:
-            raise FobbenchError(f"--outer: unknown optimizer '{self.outer}' (choose from {', '.join(OUTER)})")
-        if self.batching not in (*BATCHING, COMPILED):
-            raise FobbenchError(f"--batching: unknown '{self.batching}' (choose from {', '.join(BATCHING)})")
+            integer(value, option, least)
+        if self.chunk_size is not None:
+            integer(self.chunk_size, "--chunk-size")
+        positive(self.meta_lr, "--meta-lr")
+        one_of(self.outer, OUTER, "--outer", "optimizer")
+        one_of(self.batching, (*BATCHING, COMPILED), "--batching")
         if self.batching == COMPILED:
             for name in self.methods:
                 check_compilable(get(name), self.estimator.nu)
