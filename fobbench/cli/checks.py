@@ -40,8 +40,8 @@ def threads(value: object) -> None:
 
 
 def nu_value(value: object, option: str = "--nu", allow_auto: bool = True) -> float | str:
-    """A ν: a non-zero finite number (or ``auto`` where the command takes it); the messages are
-    those of :func:`fobbench.cli.options.parse_nu` and ``EstimatorConfig``."""
+    """A ν: a non-zero finite number (or ``auto`` where the command takes it); the parser of
+    every ``--nu`` (:func:`fobbench.cli.options.parse_nu`), with ``EstimatorConfig``'s message."""
     text = str(value).strip()
     if allow_auto and text.lower() == methods.AUTO:
         return methods.AUTO
@@ -215,9 +215,8 @@ def check_gradcheck(p: Values) -> None:
     _grid(p, "inner_steps", int)
     nu_value(p["nu"], allow_auto=True)
     one_of(p.get("dtype", "float64"), choices.GRADCHECK_DTYPES, "--dtype")
-    lam = p.get("lam")
-    if lam is not None and (isinstance(lam, bool) or not (math.isfinite(lam) and lam > 0)):
-        raise FobbenchError(f"--lam (λ) must be > 0 (got {lam})")
+    if p.get("lam") is not None:
+        positive(p["lam"], "--lam (λ)")
     _grid(p, "nu_grid", float)
     _grid(p, "cg_steps", int)
     integer(p["es_samples"], "--es-samples")
@@ -238,8 +237,7 @@ def check_gradcheck(p: Values) -> None:
     rate_nus = _grid(p, "rate_nu", float)
     rate_deltas = _grid(p, "rate_delta", float)
     for value in lams:
-        if value <= 0:
-            raise FobbenchError(f"--lam-grid (λ) must be > 0 (got {value})")
+        positive(value, "--lam-grid (λ)")
     short = (rate_nus and len(rate_nus) < 3) or len(rate_deltas) < 3 or len(nu_ks) < 3
     if "rates" in experiments and short:
         raise FobbenchError("rates: --rate-nu, --rate-delta and --nu-inner-steps need at least 3 values each")

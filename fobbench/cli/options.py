@@ -131,12 +131,8 @@ NU_AUTO_HELP = ", or auto: chosen from θ's dtype, λ and the method's bias orde
 
 
 def parse_nu(text: str, option: str = "--nu") -> float | str:
-    """A ``--nu`` value: a number or ``auto``; anything else is a one-line error naming the option."""
-    from fobbench.methods import AUTO
+    """A ``--nu`` value: a non-zero number or ``auto``; anything else is a one-line error naming
+    the option (:func:`fobbench.cli.checks.nu_value`)."""
+    from fobbench.cli.checks import nu_value
 
-    if str(text).strip().lower() == AUTO:
-        return AUTO
-    try:
-        return float(text)
-    except ValueError:
-        raise FobbenchError(f"{option} must be a non-zero number or 'auto' (got '{text}')") from None
+    return nu_value(text, option)

@@ -27,7 +27,7 @@ OPTIONS = (
     opt("methods", str, "maml,fomaml,fobmaml-sym", help="Comma-separated estimators, or all."),
     opt("batching", str, "vmap,loop", help="fobbench batchings to time: vmap, loop (comma-separated)."),
     opt("compile", bool, False, "--compile",
-        help="Also time torch.compile of the per-task step (cache: $FOBBENCH_CACHE/inductor; "
+        help="Also time torch.compile of the vmapped meta-gradient (cache: $FOBBENCH_CACHE/inductor; "
              "the first, compiling call is reported apart as compile_sec)."),
     opt("peers", str | None, None,
         help=f"Peer libraries timed beside fobbench: {','.join(PEERS)} or all "

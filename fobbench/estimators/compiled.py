@@ -26,6 +26,7 @@ from fobbench.errors import FobbenchError
 from fobbench.estimators.base import Estimator, EstimatorConfig
 from fobbench.methods import check_compilable
 from fobbench.params import Data, LossFn, Params
+from fobbench.problems.cache import cache_root
 
 _COMPILED: dict[tuple[object, ...], Callable[..., Params]] = {}
 
@@ -34,8 +35,9 @@ RECOMPILE_LIMIT = 256
 
 
 def compile_cache() -> Path:
-    """Where compiled kernels persist: ``$FOBBENCH_CACHE/inductor`` (default
-    ``~/.cache/fobbench/inductor``), set as ``TORCHINDUCTOR_CACHE_DIR``.
+    """Where compiled kernels persist: ``inductor`` under fobbench's cache root
+    (:func:`fobbench.problems.cache.cache_root`: ``$FOBBENCH_CACHE``, else
+    ``$XDG_CACHE_HOME/fobbench``, else ``~/.cache/fobbench``), set as ``TORCHINDUCTOR_CACHE_DIR``.
 
     A ``TORCHINDUCTOR_CACHE_DIR`` of the user's wins. torch itself writes its default (a folder
     under /tmp) into that variable the first time anything asks for the cache, which may be
@@ -45,8 +47,7 @@ def compile_cache() -> Path:
 
     chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     if chosen is None or os.path.abspath(chosen) == os.path.abspath(default_cache_dir()):
-        root = Path(os.environ.get("FOBBENCH_CACHE") or Path.home() / ".cache" / "fobbench")
-        chosen = str(root / "inductor")
+        chosen = str(cache_root() / "inductor")
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = chosen
     folder = Path(chosen)
     folder.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ from fobbench.params import Params
 from fobbench.problems.quadratic import PARAM, QuadraticTasks, make_quadratic, quadratic_loss
 from fobbench.ranges import parse_range
 from fobbench.results import Measurement
+from fobbench.validate import one_of, positive
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 """``--dtype``: the floating type the estimators run in (the truth is always float64)."""
@@ -143,15 +144,13 @@ class GradcheckConfig:
             raise FobbenchError(f"--meta-lr must be > 0 (got {self.meta_lr})")
         if any(s < 0 for s in self.seeds) or not self.seeds:
             raise FobbenchError(f"--seeds: seeds must be integers >= 0 (got {list(self.seeds)})")
-        if self.dtype not in DTYPES:
-            raise FobbenchError(f"--dtype: unknown '{self.dtype}' (choose from {', '.join(DTYPES)})")
+        one_of(self.dtype, tuple(DTYPES), "--dtype")
         if self.batching not in ("vmap", "loop"):
             raise FobbenchError(f"--batching: unknown '{self.batching}' (choose from vmap, loop)")
         # B-MAML's closed forms (the ground truth) need λ > 0; the inner solver itself allows 0.
         for option, lams in (("--lam", (self.lam,)), ("--lam-grid", self.lam_grid)):
             for lam in lams:
-                if not (math.isfinite(lam) and lam > 0):
-                    raise FobbenchError(f"{option} (λ) must be > 0 (got {lam})")
+                positive(lam, f"{option} (λ)")
         # The estimator settings validate ν ≠ 0, lr > 0, es-samples, es-sigma.
         self.estimator_config(steps=1, lr=self.inner_lr or 1.0, lam=self.lam, nu=self.nu)
         needs_nu = "error_vs_nu" in self.experiments or "rates" in self.experiments

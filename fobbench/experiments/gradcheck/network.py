@@ -56,6 +56,7 @@ from fobbench.truth import (
     implicit_gradient,
     newton_cg,
 )
+from fobbench.validate import integer, one_of, positive
 
 SMOOTH = ("tanh", "softplus", "gelu")
 EPS = 2.0**-52
@@ -121,12 +122,9 @@ class NetworkConfig:
 
     def __post_init__(self) -> None:
         parse_methods(",".join(self.methods))
-        if self.dtype not in DTYPES:
-            raise FobbenchError(f"--dtype: unknown '{self.dtype}' (choose from {', '.join(DTYPES)})")
-        if self.tasks < 1:
-            raise FobbenchError(f"--tasks must be >= 1 (got {self.tasks})")
-        if not (self.lam > 0 and math.isfinite(self.lam)):
-            raise FobbenchError(f"--lam must be > 0 (got {self.lam})")
+        one_of(self.dtype, tuple(DTYPES), "--dtype")
+        integer(self.tasks, "--tasks")
+        positive(self.lam, "--lam")
         if any(not isinstance(k, int) or k < 1 for k in self.ks) or not self.ks:
             raise FobbenchError(f"--inner-steps: every value must be an integer >= 1 (got {list(self.ks)})")
         if any(not (v > 0 and math.isfinite(v)) for v in self.nu_grid) or not self.nu_grid:
