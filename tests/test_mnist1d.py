@@ -16,7 +16,8 @@ import torch
 from scipy import stats
 
 from fobbench.errors import FobbenchError
-from fobbench.models.conv1d import Conv1D
+from fobbench.models.conv1d import Conv1D, PairMaxPool1d, pair_max
+from fobbench.models.forms import vmapped_compile
 from fobbench.params import classification_loss
 from fobbench.problems import mnist1d
 from fobbench.problems.mnist1d import MNIST1DProblem
@@ -151,6 +152,66 @@ def test_bad_settings_are_one_line_errors(cache: Path) -> None:
         MNIST1DProblem(queries=0, num_samples=SAMPLES)
     with pytest.raises(FobbenchError, match="unknown split"):
         MNIST1DProblem(num_samples=SAMPLES).sample("test", 1, torch.Generator())
+
+
+def test_pair_max_is_max_pooling() -> None:
+    """pair_max has the values and gradients of nn.MaxPool1d(2), bit for bit: odd lengths drop
+    the last entry, a tie's gradient goes to the first entry, NaN propagates, and MAML's second
+    derivative through it agrees."""
+    reference = torch.nn.MaxPool1d(2)
+    for dtype in (torch.float64, torch.float32):
+        for length in (40, 41, 5):
+            x = torch.randn(3, 4, length, dtype=dtype).round(decimals=1)  # many ties
+            x.requires_grad_()
+            w = torch.randn(3, 4, length // 2, dtype=dtype)
+            assert torch.equal(pair_max(x), reference(x))
+            ours, = torch.autograd.grad((pair_max(x) * w).sum(), x)
+            theirs, = torch.autograd.grad((reference(x) * w).sum(), x)
+            assert torch.equal(ours, theirs)
+    tie = torch.tensor([[[1.0, 1.0, 0.0, 2.0, -3.0, -3.0]]], requires_grad=True)
+    grad, = torch.autograd.grad((pair_max(tie) * torch.tensor([3.0, 5.0, 7.0])).sum(), tie)
+    assert grad.tolist() == [[[3.0, 0.0, 0.0, 5.0, 7.0, 0.0]]]
+    odd = torch.tensor([[[float("nan"), 1.0, 1.0, float("nan"), 0.0, float("inf"), float("inf"), float("inf"),
+                          -float("inf"), 2.0]]])
+    torch.testing.assert_close(pair_max(odd), reference(odd), equal_nan=True)
+    # Hessian-vector products (MAML differentiates through the pooling's backward) agree too.
+    x = torch.randn(2, 3, 8, dtype=torch.float64)
+    v = torch.randn_like(x)
+
+    def hvp(pool) -> torch.Tensor:  # noqa: ANN001
+        f = lambda z: (pool(z.tanh()) ** 3).sum()  # noqa: E731
+        return torch.func.jvp(torch.func.grad(f), (x,), (v,))[1]
+
+    assert torch.allclose(hvp(pair_max), hvp(reference), rtol=1e-12, atol=1e-12)
+
+
+def test_pair_max_pool_uses_pair_max_only_when_compiled_under_vmap() -> None:
+    """PairMaxPool1d is max-pooling itself eagerly and in a graph compiled without vmap; the
+    graph of a vmapped call compiled inside vmapped_compile (the compiled batching) uses amax,
+    with the same per-example gradients."""
+    pool = PairMaxPool1d()
+    graphs: list[str] = []
+
+    def recording(graph: torch.fx.GraphModule, _: list) -> object:
+        graphs.append(str(graph.graph))
+        return graph.forward
+
+    x = torch.randn(4, 3, 2, 9)
+    loss = lambda z: (pool(z.tanh()) ** 2).sum()  # noqa: E731
+    per_example = torch.func.vmap(torch.func.grad(loss))
+    eager = per_example(x)
+    with vmapped_compile():
+        vmapped = torch.compile(lambda z: per_example(z), backend=recording, dynamic=False)(x)
+    plain = torch.compile(lambda z: torch.func.grad(loss)(z), backend=recording, dynamic=False)(x[0])
+    assert "amax" in graphs[0] and "max_pool" not in graphs[0]
+    assert "max_pool" in graphs[1] and "amax" not in graphs[1]
+    assert torch.equal(vmapped, eager) and torch.equal(plain, eager[0])
+    with torch.profiler.profile() as prof, vmapped_compile():
+        pool(x[0])  # eagerly: max-pooling even inside the context
+    names = [e.name for e in prof.events()]
+    assert any("max_pool1d" in name for name in names) and not any("amax" in name for name in names)
+    with pytest.raises(ValueError, match="pairs"):
+        PairMaxPool1d(3)
 
 
 def test_conv1d_matches_appendix_d2() -> None:

@@ -14,7 +14,16 @@ from fobbench.estimators import EstimatorConfig, compiled, get, meta_gradient
 from fobbench.estimators.compiled import compile_cache
 from fobbench.experiments import speed as experiment
 from fobbench.inner import InnerConfig
-from fobbench.measure.floor import HONEST, honest_floor, pass_inputs, plain_pass, vmap_floor
+from fobbench.measure.floor import (
+    COMPILED_REFERENCE,
+    HONEST,
+    compiled_floor_calls,
+    honest_floor,
+    pass_inputs,
+    plain_pass,
+    timed_floor,
+    vmap_floor,
+)
 from fobbench.measure.timing import default_threads, time_call
 from fobbench.params import classification_loss, relative_error
 from fobbench.peers import PEERS, Peer, parse_peers, unavailable
@@ -157,6 +166,11 @@ def test_compile_failure_gives_a_skipped_row(problem, monkeypatch, one_thread) -
     assert rows[0].status == "skipped" and "torch.compile unavailable: no C++ compiler" in rows[0].note
     measured = experiment.contender_measurements(rows[0], 1.0)
     assert [m.metric for m in measured] == ["seconds_median"] and math.isnan(measured[0].value)
+    run = experiment.SpeedRun(problem, settings, "speed.mnist1d")
+    calls, seconds = run._compile_floor(_work(problem, 2), {"fomaml"})
+    assert calls == {} and math.isnan(seconds)
+    assert run.notes == ["compiled floor not timed: torch.compile unavailable: no C++ compiler; "
+                         "run without --compile"]
 
 
 def test_compile_cache_follows_fobbench_cache(tmp_path: Path, monkeypatch) -> None:
@@ -182,6 +196,37 @@ def _linear_tasks(tasks: int = 3) -> tuple[dict[str, torch.Tensor], object, tupl
         return x, torch.randint(0, 3, (tasks, n), generator=generator)
 
     return theta, classification_loss(model), data(5), data(7)
+
+
+def test_compiled_floor_runs_the_plain_passes(tmp_path: Path, monkeypatch, one_thread) -> None:
+    """The compiled floor's pass of each kind is the plain pass's gradient over the same
+    concatenated examples (an independent computation: nn.Module + backward), and its floor
+    counts the registered passes."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    _, _, support, query = _linear_tasks()
+    model = torch.nn.Linear(6, 3)
+    calls = compiled_floor_calls(model, support, query)
+    for kind, (x, y) in pass_inputs(support, query).items():
+        plain_pass(model, x, y)
+        want = {n: p.grad for n, p in model.named_parameters()}
+        assert relative_error(calls[kind](), want) < 1e-6
+    floor = timed_floor(calls, get("fomaml").floor(EstimatorConfig(inner=InnerConfig(steps=4))),
+                        COMPILED_REFERENCE, 0.02)
+    assert floor.kind == COMPILED_REFERENCE and set(floor.per_pass) == {"support", "query"}
+    assert floor.seconds == pytest.approx(4 * floor.per_pass["support"] + floor.per_pass["query"])
+
+
+def test_compiled_rows_get_the_compiled_floor(problem) -> None:
+    """Compiled rows are set against both floors; the compiled floor is timed only beside them."""
+    row = experiment.Contender("fomaml", "fobbench", "compiled", lambda: None, times=[0.3, 0.3, 0.3])
+    got = {m.metric: m.value for m in experiment.contender_measurements(row, 0.4, 0.2)}
+    assert got["floor_ratio"] == pytest.approx(0.75) and got["compiled_floor_ratio"] == pytest.approx(1.5)
+    row.batching = "vmap"
+    assert "compiled_floor_ratio" not in {m.metric for m in experiment.contender_measurements(row, 0.4, 0.2)}
+    run = experiment.SpeedRun(problem, experiment.SpeedSettings(batchings=("vmap",)), "speed.mnist1d")
+    assert run.floor_batchings() == ("plain", "vmap-ref")
+    run = experiment.SpeedRun(problem, experiment.SpeedSettings(batchings=("compiled",)), "speed.mnist1d")
+    assert run.floor_batchings() == ("plain", "vmap-ref", "plain-compiled")
 
 
 @pytest.mark.parametrize("method", ["fomaml", "fobmaml-sym", "maml"])

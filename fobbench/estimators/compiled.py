@@ -3,9 +3,11 @@
 The whole meta-batch's computation (``torch.func.vmap`` of the estimator over tasks, K inner
 steps unrolled) is one graph for inductor, which fuses the per-task BatchNorm, pooling,
 activation and update arithmetic that eager vmap runs as hundreds of small kernels. Measured
-on the MNIST-1D Conv1D (16 tasks, K = 5, 1 CPU thread, side by side): 0.57× (FO-MAML), 0.62×
-(FO-B-MAML-sym) and 0.64× (MAML) the eager vmap time, after a first call that compiles for
-1–5 minutes on a 2-core CPU, or 5–21 s from the cache (README, ``fobbench speed``).
+on the MNIST-1D Conv1D (16 tasks, K = 5, 1 CPU thread, side by side): 0.39× (FO-MAML), 0.43×
+(FO-B-MAML-sym) and 0.50× (MAML) the eager vmap time, after a first call that compiles for
+1–5 minutes on a 2-core CPU, or 7–20 s from the cache (README, ``fobbench speed``). Calls run
+inside :func:`fobbench.models.forms.vmapped_compile`, so layers can take the form that compiles
+best under ``vmap`` (the Conv1D's max-pooling does).
 
 A compiled function is kept per (method, loss, settings, vmap dims, chunk size, device) for
 the life of the process, and inductor's kernels persist in :func:`compile_cache`, so a second
@@ -25,6 +27,7 @@ import torch
 from fobbench.errors import FobbenchError
 from fobbench.estimators.base import Estimator, EstimatorConfig
 from fobbench.methods import check_compilable
+from fobbench.models.forms import vmapped_compile
 from fobbench.params import Data, LossFn, Params
 from fobbench.problems.cache import cache_root
 
@@ -73,21 +76,34 @@ def vmapped(estimator: Estimator, loss: LossFn, config: EstimatorConfig, in_dims
     check_compilable(estimator, config.nu)
     key = (estimator.name, loss, config, in_dims, chunk_size, device_type)
     if key not in _COMPILED:
-        compile_cache()
-
         def one(th: Params, s: Data, q: Data, z: Params | None) -> Params:
             return estimator.fn(th, loss, s, q, config, z)
 
         def batched(theta: Params, support: Data, query: Data, noise: Params | None) -> Params:
             return torch.func.vmap(one, in_dims=in_dims, chunk_size=chunk_size)(theta, support, query, noise)
 
-        try:
-            step = torch.compile(batched, dynamic=False, options=_options(device_type))
-        except Exception as error:  # noqa: BLE001
-            raise FobbenchError(f"torch.compile unavailable: {_first_line(error)}; "
-                                "run without --compile") from None
-        _COMPILED[key] = _reporting(step)
+        step = compile_function(batched, device_type)
+
+        def call(*args: object) -> Params:
+            with vmapped_compile():  # layers may take their vmap-friendly compiled form
+                return step(*args)
+
+        _COMPILED[key] = call
     return _COMPILED[key]
+
+
+def compile_function(fn: Callable[..., Params], device_type: str = "cpu") -> Callable[..., Params]:
+    """``fn`` under ``torch.compile`` as fobbench compiles: static shapes, the options of
+    ``device_type`` (C++ wrapper on CPU), kernels in :func:`compile_cache`, failures as one line
+    and no silent eager run (:func:`_reporting`). Also the compiled floor's passes
+    (:func:`fobbench.measure.floor.compiled_floor_calls`), so both are compiled alike."""
+    compile_cache()
+    try:
+        step = torch.compile(fn, dynamic=False, options=_options(device_type))
+    except Exception as error:  # noqa: BLE001
+        raise FobbenchError(f"torch.compile unavailable: {_first_line(error)}; "
+                            "run without --compile") from None
+    return _reporting(step)
 
 
 def _reporting(fn: Callable[..., Params]) -> Callable[..., Params]:

@@ -10,8 +10,11 @@ contenders of a method are:
   ``torch.compile``; the first, compiling call recorded apart as ``compile_sec``);
 - each requested peer library that implements the method (``impl`` = ``higher``, ...);
 - the floors (``impl`` = ``floor``): ``batching`` ``plain`` is the honest floor (the registered
-  passes as ordinary ``nn.Module`` forward+backward over all tasks' examples at once), and
-  ``vmap-ref`` the per-task ``vmap(grad)`` reference (see :mod:`fobbench.measure.floor`).
+  passes as ordinary ``nn.Module`` forward+backward over all tasks' examples at once),
+  ``vmap-ref`` the per-task ``vmap(grad)`` reference and, when compiled rows are timed,
+  ``plain-compiled`` the honest floor's passes under ``torch.compile`` (see
+  :mod:`fobbench.measure.floor`). Every row's ``floor_ratio`` is against the honest floor;
+  compiled rows also get ``compiled_floor_ratio``, against ``plain-compiled``.
 
 Before a contender is timed its meta-gradient is computed once in float64 on a float64 copy
 of the same model and tasks and compared with fobbench's (``vmap``; ``loop`` for the vmap row
@@ -40,7 +43,15 @@ from torch import nn
 from fobbench.errors import FobbenchError
 from fobbench.estimators import COMPILED, EstimatorConfig, get, meta_gradient
 from fobbench.experiments.runner import Output, Record, Sink, Tick
-from fobbench.measure.floor import HONEST, VMAP_REFERENCE, honest_floor, vmap_floor
+from fobbench.measure.floor import (
+    COMPILED_REFERENCE,
+    HONEST,
+    VMAP_REFERENCE,
+    compiled_floor_calls,
+    honest_floor,
+    timed_floor,
+    vmap_floor,
+)
 from fobbench.measure.memory import MIB, measure_cpu
 from fobbench.measure.timing import MEASURED_BY, time_call
 from fobbench.params import Data, Params, classification_loss, relative_error
@@ -53,7 +64,9 @@ BATCHINGS = ("vmap", "loop", "compiled")
 """fobbench's ways of batching a meta-gradient over tasks in this benchmark."""
 
 FLOOR_IMPL = "floor"
-FLOOR_BATCHINGS = {"plain": HONEST, "vmap-ref": VMAP_REFERENCE}
+COMPILED_FLOOR = "plain-compiled"
+FLOOR_BATCHINGS = {"plain": HONEST, "vmap-ref": VMAP_REFERENCE, COMPILED_FLOOR: COMPILED_REFERENCE}
+"""The floor rows' batchings and what each measures; ``plain-compiled`` only beside compiled rows."""
 
 POINT_COLUMNS = (
     "problem", "ways", "shots", "queries", "meta_batch", "impl", "batching", "inner_steps", "inner_lr",
@@ -256,8 +269,10 @@ def _timed(times: list[float]) -> list[Measurement]:
                    Measurement("seconds_iqr", _iqr(times), "s", MEASURED_BY)]
 
 
-def contender_measurements(row: Contender, floor: float) -> list[Measurement]:
-    """Every figure of a timed contender (see the module docstring)."""
+def contender_measurements(row: Contender, floor: float,
+                           compiled_floor: float = math.nan) -> list[Measurement]:
+    """Every figure of a timed contender (see the module docstring); ``compiled_floor`` (the
+    ``plain-compiled`` floor's median) only for compiled rows."""
     if row.status != "ok":
         return [Measurement("seconds_median", math.nan, "s", MEASURED_BY)]
     out = _timed(row.times)
@@ -265,6 +280,9 @@ def contender_measurements(row: Contender, floor: float) -> list[Measurement]:
     if math.isfinite(floor) and floor > 0:
         out += [Measurement("floor_sec", floor, "s", MEASURED_BY),
                 Measurement("floor_ratio", median / floor, "1", MEASURED_BY)]
+    if row.batching == COMPILED and math.isfinite(compiled_floor) and compiled_floor > 0:
+        out += [Measurement("compiled_floor_sec", compiled_floor, "s", MEASURED_BY),
+                Measurement("compiled_floor_ratio", median / compiled_floor, "1", MEASURED_BY)]
     out.append(Measurement("agreement", row.agreement, "1", row.agreement_by))
     if math.isfinite(row.peak_bytes):
         out += [Measurement("peak_bytes", row.peak_bytes, "bytes", "cpu_dispatch_tracker"),
@@ -296,8 +314,14 @@ class SpeedRun:
     def total(self) -> int:
         """One unit per contender and round (peers counted as if all were available)."""
         s = self.settings
-        per_method = len(s.batchings) + len(s.peers) + (2 if s.floors else 0)
+        per_method = len(s.batchings) + len(s.peers) + (len(self.floor_batchings()) if s.floors else 0)
         return len(s.meta_batches) * len(s.methods) * per_method * s.rounds
+
+    def floor_batchings(self) -> tuple[str, ...]:
+        """The floor rows of each method: ``plain`` and ``vmap-ref``, and ``plain-compiled``
+        when compiled rows are timed."""
+        compiled = COMPILED in self.settings.batchings
+        return tuple(b for b in FLOOR_BATCHINGS if compiled or b != COMPILED_FLOOR)
 
     def point(self, meta_batch: int, impl: str, batching: str) -> dict[str, object]:
         """The point columns of one row."""
@@ -323,6 +347,8 @@ class SpeedRun:
             work = build(self.problem, meta_batch, s.seed, s.device)
             rows: list[Contender] = []
             floors: list[tuple[str, str, list[float]]] = []
+            compiled: dict[str, Callable[[], object]] = {}
+            compile_sec = math.nan
             for method in s.methods:
                 record = Record(method, self.point(meta_batch, "fobbench", s.batchings[0] if s.batchings
                                                    else "vmap"), self.settings_hash(), s.seed)
@@ -330,7 +356,10 @@ class SpeedRun:
                     continue
                 rows += contenders(s, method, work, self.notes)
                 if s.floors:
-                    floors += [(method, batching, []) for batching in FLOOR_BATCHINGS]
+                    floors += [(method, batching, []) for batching in self.floor_batchings()]
+            if any(b == COMPILED_FLOOR for _, b, _ in floors):
+                compiled, compile_sec = self._compile_floor(work, {m for m, _, _ in floors})
+                floors = [f for f in floors if f[1] != COMPILED_FLOOR or compiled]
             yield from self._prepare(rows)
             for _ in range(s.rounds):
                 for row in rows:
@@ -338,9 +367,9 @@ class SpeedRun:
                         row.times.extend(time_call(row.call, s.min_run_time).times)
                     yield Tick(1, f"{self.benchmark} B={meta_batch} {row.method} {row.impl} {row.batching}")
                 for method, batching, values in floors:
-                    values.append(self._floor(work, method, batching))
+                    values.append(self._floor(work, method, batching, compiled))
                     yield Tick(1, f"{self.benchmark} B={meta_batch} {method} floor {batching}")
-            yield from self._records(meta_batch, rows, floors)
+            yield from self._records(meta_batch, rows, floors, compile_sec)
 
     def _prepare(self, rows: list[Contender]) -> Iterator[Tick]:
         """Agreement of every contender (before any timing), then its peak memory.
@@ -357,25 +386,49 @@ class SpeedRun:
                 row.peak_bytes = measure_cpu(lambda c=row.call: c(), []).peak_bytes
             yield Tick(0, f"{self.benchmark} checked {row.method} {row.impl} {row.batching}")
 
-    def _floor(self, work: Workload, method: str, batching: str) -> float:
+    def _compile_floor(self, work: Workload,
+                       methods: set[str]) -> tuple[dict[str, Callable[[], object]], float]:
+        """The ``plain-compiled`` floor's calls, each pass kind the methods need called once
+        (compiled), and the seconds that took; ({}, nan) and a note if compiling failed."""
+        kinds = {kind for m in methods
+                 for kind, count in get(m).floor(self.settings.estimator)._asdict().items() if count > 0}
+        start = time.perf_counter()
+        try:
+            calls = compiled_floor_calls(work.model, work.batch.support, work.batch.query)
+            for kind in sorted(kinds):
+                calls[kind]()
+        except FobbenchError as error:
+            self.notes.append(f"compiled floor not timed: {error}")
+            return {}, math.nan
+        return calls, time.perf_counter() - start
+
+    def _floor(self, work: Workload, method: str, batching: str,
+               compiled: dict[str, Callable[[], object]]) -> float:
         passes = get(method).floor(self.settings.estimator)
         run_time = self.settings.min_run_time / 2
         if batching == "plain":
             return honest_floor(work.model, work.batch.support, work.batch.query, passes, run_time).seconds
+        if batching == COMPILED_FLOOR:
+            return timed_floor(compiled, passes, COMPILED_REFERENCE, run_time).seconds
         loss = classification_loss(work.model)
         return vmap_floor(loss, work.theta, work.batch.support, work.batch.query, passes, run_time).seconds
 
-    def _records(self, meta_batch: int, rows: list[Contender],
-                 floors: list[tuple[str, str, list[float]]]) -> Iterator[Record]:
-        honest = {m: float(statistics.median(v)) for m, b, v in floors if b == "plain" and v}
+    def _records(self, meta_batch: int, rows: list[Contender], floors: list[tuple[str, str, list[float]]],
+                 compile_sec: float) -> Iterator[Record]:
+        """The floor rows (the compiled floor's with the seconds its passes took to compile,
+        shared by the methods), then the contenders."""
+        median = {(m, b): float(statistics.median(v)) for m, b, v in floors if v}
         hashed = self.settings_hash()
         for method, batching, values in floors:
             passes = get(method).floor(self.settings.estimator)
+            measured = _timed(values) + [Measurement("passes", float(sum(passes)), "1", "registry")]
+            if batching == COMPILED_FLOOR and math.isfinite(compile_sec):
+                measured.append(Measurement("compile_sec", compile_sec, "s", "wall_clock"))
             yield Record(method, self.point(meta_batch, FLOOR_IMPL, batching), hashed, self.settings.seed,
-                         _timed(values) + [Measurement("passes", float(sum(passes)), "1", "registry")],
-                         info={"status": "ok", "note": FLOOR_BATCHINGS[batching]}, advance=0)
+                         measured, info={"status": "ok", "note": FLOOR_BATCHINGS[batching]}, advance=0)
         for row in rows:
             point = self.point(meta_batch, row.impl, row.batching)
-            measured = contender_measurements(row, honest.get(row.method, math.nan))
+            measured = contender_measurements(row, median.get((row.method, "plain"), math.nan),
+                                              median.get((row.method, COMPILED_FLOOR), math.nan))
             yield Record(row.method, point, hashed, self.settings.seed, measured,
                          info={"status": row.status, "note": row.note}, advance=0)

@@ -2,8 +2,8 @@
 
 One figure per benchmark and meta-batch size: horizontal bars per method (registry order),
 one bar per implementation · batching (fobbench's vmap/loop/compiled, the peer libraries, the
-honest floor and the vmap reference), the interquartile range as an error bar and the
-median's ratio to the method's honest floor written beside each bar. Rows measured on
+floors), the interquartile range as an error bar and the median's ratio to the method's
+honest floor written beside each bar (a compiled row's also to the compiled floor). Rows measured on
 different devices or thread counts are drawn in separate figures.
 """
 
@@ -20,7 +20,7 @@ from fobbench.figures.common import method_rank, save
 def _bars(rows: pd.DataFrame) -> pd.DataFrame:
     wide = rows.pivot_table(index=["method", "impl", "batching"], columns="metric", values="value",
                             aggfunc="last").reset_index()
-    for column in ("seconds_median", "seconds_iqr", "floor_ratio"):
+    for column in ("seconds_median", "seconds_iqr", "floor_ratio", "compiled_floor_ratio"):
         if column not in wide:
             wide[column] = float("nan")
     order = {"fobbench": 0, "floor": 2}
@@ -49,7 +49,10 @@ def draw(frame: pd.DataFrame, out_dir: Path, fmt: str = "png") -> list[Path]:
         for i, r in enumerate(bars.itertuples()):
             if pd.notna(r.floor_ratio):
                 end = (r.seconds_median + (r.seconds_iqr if pd.notna(r.seconds_iqr) else 0.0) / 2) * 1e3
-                ax.text(end, i, f"  {r.floor_ratio:.2f}× floor", va="center", fontsize=6)
+                label = f"  {r.floor_ratio:.2f}× floor"
+                if pd.notna(r.compiled_floor_ratio):
+                    label += f", {r.compiled_floor_ratio:.2f}× compiled floor"
+                ax.text(end, i, label, va="center", fontsize=6)
         ax.set_xlabel("median ms per meta-gradient (bars: IQR)")
         extra = " · ".join(f"{k}={named[k]}" for k in keys if k != "benchmark")
         ax.set_title(f"{named.get('benchmark', 'speed')}: {extra}\nblue fobbench, orange peers, grey floors",

@@ -136,6 +136,8 @@ METRICS: dict[str, MetricRule] = {
     "cpu_sec_per_iter": MetricRule(LOWER, NOISY),
     "floor_sec": MetricRule(LOWER, NOISY),
     "floor_ratio": MetricRule(LOWER, NOISY),
+    "compiled_floor_sec": MetricRule(LOWER, NOISY),
+    "compiled_floor_ratio": MetricRule(LOWER, NOISY),
     "seconds_median": MetricRule(LOWER, NOISY),
     "seconds_iqr": MetricRule(EITHER, NOISY),
     "compile_sec": MetricRule(LOWER, NOISY),
