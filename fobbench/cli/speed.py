@@ -154,14 +154,12 @@ def show_table(frame: pd.DataFrame, title: str) -> None:
     wide = table_console()
     wide.print(view)
     wide.print("×floor: median ÷ the method's honest floor (impl floor, batching plain: its registered "
-              "passes as "
-              "plain nn.Module fwd+bwd over all tasks' examples at once; vmap-ref: per-task vmap(grad) "
-              "reference); ×c.floor (compiled rows): ÷ the same passes under torch.compile "
-              "(batching plain-compiled; a compiled method can run below the eager floor, which pays "
-              "operator dispatch); ×vmap: ÷ fobbench's vmap time for the method; agreement: relative error "
-              "of the "
-              "meta-gradient against fobbench's (float64 unless compiled); peak: live tensor bytes of one "
-              "call.")
+               "passes as plain nn.Module fwd+bwd over all tasks' examples at once; vmap-ref: per-task "
+               "vmap(grad) reference); ×c.floor (compiled rows): ÷ the same passes under torch.compile "
+               "(batching plain-compiled; a compiled method can run below the eager floor, which pays "
+               "operator dispatch); ×vmap: ÷ fobbench's vmap time for the method; agreement: relative "
+               "error of the meta-gradient against fobbench's (float64 unless compiled); peak: live "
+               "tensor bytes of one call.")
 
 
 def plan(p: Mapping[str, Any]) -> runner.Plan:
