@@ -28,6 +28,9 @@ BATCHING = ("vmap", "loop")
 COMPILED = "compiled"
 """The vmap batching under ``torch.compile`` (``--compile``; :mod:`fobbench.estimators.compiled`)."""
 
+ALL_BATCHINGS = (*BATCHING, COMPILED)
+"""Every batching :func:`fobbench.estimators.meta_gradient` takes."""
+
 PROTOCOLS = ("proximal", "published")
 """Inner-objective protocols of a run (DESIGN.md, "One inner solver for all"):
 

@@ -44,12 +44,12 @@ from fobbench.estimators.base import (
     unregister,
 )
 from fobbench.estimators.nu_rule import AUTO, measure
-from fobbench.methods import BATCHING, COMPILED
+from fobbench.methods import ALL_BATCHINGS, BATCHING, COMPILED
 from fobbench.params import Data, LossFn, Params, detached, zeros_like
 
 __all__ = [
-    "BATCHING", "COMPILED", "PROTOCOLS", "REGISTRY", "Estimator", "EstimatorConfig", "FloorPasses",
-    "MetaGradient",
+    "ALL_BATCHINGS", "BATCHING", "COMPILED", "PROTOCOLS", "REGISTRY", "Estimator", "EstimatorConfig",
+    "FloorPasses", "MetaGradient",
     "accumulates", "get", "hyperparameter_help", "meta_gradient", "method_config", "names", "parse_methods",
     "per_task", "rank_of", "register", "resolve_nu", "unregister",
 ]
@@ -158,8 +158,8 @@ def per_task(method: str, theta: Params, loss: LossFn, support: Data, query: Dat
     """
     estimator = get(method)
     config = method_config(estimator, config)
-    if batching not in (*BATCHING, COMPILED):
-        raise FobbenchError(f"unknown batching '{batching}' (choose from {', '.join((*BATCHING, COMPILED))})")
+    if batching not in ALL_BATCHINGS:
+        raise FobbenchError(f"unknown batching '{batching}' (choose from {', '.join(ALL_BATCHINGS)})")
     if chunk_size is not None and chunk_size < 1:
         raise FobbenchError(f"chunk size must be >= 1 (got {chunk_size})")
     theta = detached(theta)

@@ -35,6 +35,7 @@ from fobbench.meta_optim import apply, make_outer
 from fobbench.models.transformer import SDPA_MODES, observed_sdpa_kernel, sdpa_context
 from fobbench.params import Data, LossFn, classification_loss
 from fobbench.results import Measurement
+from fobbench.validate import one_of
 
 ARCHS = ("convnet", "transformer", "plugin")
 SWEEP_SIZES = {"convnet": ("channels",), "transformer": ("d_model", "seq"), "plugin": ("size",)}
@@ -106,14 +107,11 @@ class MemorySettings:
     estimator: EstimatorConfig = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.arch not in ARCHS:
-            raise FobbenchError(f"--arch: unknown '{self.arch}' (choose from {', '.join(ARCHS)})")
+        one_of(self.arch, ARCHS, "--arch")
         if self.backend not in BACKENDS:
             raise FobbenchError(f"unknown backend '{self.backend}' (choose from {', '.join(BACKENDS)})")
-        if self.batching not in BATCHING:
-            raise FobbenchError(f"--batching: unknown '{self.batching}' (choose from {', '.join(BATCHING)})")
-        if self.sdpa not in SDPA_MODES:
-            raise FobbenchError(f"--sdpa: unknown '{self.sdpa}' (choose from {', '.join(SDPA_MODES)})")
+        one_of(self.batching, BATCHING, "--batching")
+        one_of(self.sdpa, SDPA_MODES, "--sdpa")
         if self.depth is None:
             object.__setattr__(self, "depth", DEFAULT_DEPTH[self.arch])
         for name in ("tasks", "batch", "ways", "depth", "heads", "ffn", "image", "in_channels"):

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from fobbench.errors import FobbenchError
-from fobbench.estimators import COMPILED, EstimatorConfig, get, meta_gradient
+from fobbench.estimators import ALL_BATCHINGS, COMPILED, EstimatorConfig, get, meta_gradient
 from fobbench.experiments.runner import Output, Record, Sink, Tick
 from fobbench.measure.floor import (
     COMPILED_REFERENCE,
@@ -60,7 +60,7 @@ from fobbench.problems.base import FewShotProblem, TaskBatch
 from fobbench.results import Measurement
 from fobbench.validate import integer, one_of, positive
 
-BATCHINGS = ("vmap", "loop", "compiled")
+BATCHINGS = ALL_BATCHINGS
 """fobbench's ways of batching a meta-gradient over tasks in this benchmark."""
 
 FLOOR_IMPL = "floor"

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from fobbench import distributed as dd
 from fobbench.errors import DivergedError, FobbenchError
-from fobbench.estimators import BATCHING, COMPILED, EstimatorConfig, FloorPasses, get, method_config
+from fobbench.estimators import ALL_BATCHINGS, COMPILED, EstimatorConfig, FloorPasses, get, method_config
 from fobbench.estimators.nu_rule import AUTO
 from fobbench.experiments.runner import Output, Record, Sink, Tick
 from fobbench.inner import solve
@@ -143,7 +143,7 @@ class TrainConfig:
             integer(self.chunk_size, "--chunk-size")
         positive(self.meta_lr, "--meta-lr")
         one_of(self.outer, OUTER, "--outer", "optimizer")
-        one_of(self.batching, (*BATCHING, COMPILED), "--batching")
+        one_of(self.batching, ALL_BATCHINGS, "--batching")
         if self.batching == COMPILED:
             for name in self.methods:
                 check_compilable(get(name), self.estimator.nu)

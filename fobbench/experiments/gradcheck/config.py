@@ -13,7 +13,7 @@ from torch import Tensor
 
 from fobbench.choices import parse_gradcheck_experiments
 from fobbench.errors import FobbenchError
-from fobbench.estimators import EstimatorConfig, get, meta_gradient, names, parse_methods
+from fobbench.estimators import BATCHING, EstimatorConfig, get, meta_gradient, names, parse_methods
 from fobbench.estimators.nu_rule import AUTO, MAX_NU
 from fobbench.experiments.runner import Record
 from fobbench.inner import InnerConfig
@@ -145,8 +145,7 @@ class GradcheckConfig:
         if any(s < 0 for s in self.seeds) or not self.seeds:
             raise FobbenchError(f"--seeds: seeds must be integers >= 0 (got {list(self.seeds)})")
         one_of(self.dtype, tuple(DTYPES), "--dtype")
-        if self.batching not in ("vmap", "loop"):
-            raise FobbenchError(f"--batching: unknown '{self.batching}' (choose from vmap, loop)")
+        one_of(self.batching, BATCHING, "--batching")
         # B-MAML's closed forms (the ground truth) need λ > 0; the inner solver itself allows 0.
         for option, lams in (("--lam", (self.lam,)), ("--lam-grid", self.lam_grid)):
             for lam in lams:
